@@ -1,1 +1,384 @@
+//! Typed configuration for a meridian node.
+//!
+//! A node is configured from one TOML file (`meridian serve --config FILE`), or runs the
+//! embedded single-node default ([`Config::embedded`]) when no file is given. Every key has a
+//! default, unknown keys are rejected, and errors name the line, the key, what was expected
+//! and what was found.
 
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+mod env;
+mod error;
+mod source;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+pub use env::{ENV_REST_SECRETS, ENV_USERS};
+pub use error::ConfigError;
+
+/// The embedded single-node default as commented TOML (every section present, documented).
+///
+/// It listens on loopback only and has no credentials: [`Config::embedded`] adds a generated
+/// REST secret.
+pub const EMBEDDED_DEFAULT: &str = include_str!("embedded.toml");
+
+/// Origin used in messages about the embedded default.
+const EMBEDDED_ORIGIN: &str = "embedded default";
+
+impl Config {
+    /// Parses [`EMBEDDED_DEFAULT`], sets `auth.rest_secrets = vec![generated_secret]`,
+    /// validates and returns it.
+    ///
+    /// The embedded default listens on loopback only (UDP and TCP 127.0.0.1:3478, admin
+    /// 127.0.0.1:9478), relays on 127.0.0.1, and allows relaying to loopback peers
+    /// (`security.allow_peers = ["127.0.0.0/8", "::1/128"]`) since only local clients can
+    /// reach it.
+    ///
+    /// # Panics
+    ///
+    /// If `generated_secret` is empty (the embedded text itself is checked by tests).
+    pub fn embedded(generated_secret: String) -> Config {
+        let mut config = source::parse(EMBEDDED_DEFAULT, EMBEDDED_ORIGIN)
+            .unwrap_or_else(|e| panic!("the embedded default config does not parse: {e}"))
+            .config;
+        config.auth.rest_secrets = vec![generated_secret];
+        if let Err(e) = config.validate() {
+            panic!(
+                "the embedded default config is invalid: {}",
+                e.locate(EMBEDDED_ORIGIN, |_| None)
+            );
+        }
+        config
+    }
+
+    /// Parses TOML text, then validates it. No environment overrides. `origin` (usually the
+    /// file name) prefixes error messages.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let parsed = source::parse(text, origin)?;
+        parsed
+            .config
+            .validate()
+            .map_err(|e| e.locate(origin, |key| parsed.index.line_of(key)))?;
+        Ok(parsed.config)
+    }
+
+    /// Reads the file, parses it, applies the environment overrides (see
+    /// [`Config::apply_env`]) from the process environment, and validates.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            reason: error::io_reason(&e),
+        })?;
+        let origin = path.display().to_string();
+        let mut parsed = source::parse(&text, &origin)?;
+        parsed.config.apply_env(|name| std::env::var(name).ok())?;
+        parsed
+            .config
+            .validate()
+            .map_err(|e| e.locate(&origin, |key| parsed.index.line_of(key)))?;
+        Ok(parsed.config)
+    }
+
+    /// Applies environment overrides, read through `lookup`:
+    ///
+    /// - `MERIDIAN_TURN_REST_SECRETS`: comma-separated secrets; replaces `auth.rest_secrets`
+    ///   when set and non-empty. Whitespace around each secret and empty items are ignored.
+    /// - `MERIDIAN_TURN_USERS`: `user:pass,user2:pass2`, appended to `auth.users`. The
+    ///   password is everything after the first `:`. Whitespace around each entry and empty
+    ///   entries are ignored. A malformed entry is an error naming the variable and the entry
+    ///   number, never its content.
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        env::apply_env(self, lookup)
+    }
+
+    /// Semantic validation: ranges, listeners, TLS files, relay addresses, limits,
+    /// credentials. Returns the first problem found. Errors name the key path but no origin or
+    /// line (those are added by [`Config::from_toml`] and [`Config::load`]).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate::validate(self)
+    }
+
+    /// Effective worker count: `turn.workers`, or the available parallelism when 0.
+    pub fn worker_count(&self) -> usize {
+        match self.turn.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        }
+    }
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub log: LogConfig,
+    pub admin: AdminConfig,
+    pub turn: TurnConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub security: SecurityConfig,
+    pub drain: DrainConfig,
+}
+
+/// `[node]`: identity of this node.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Node name, shown in logs and metrics. Default: "meridian".
+    pub name: String,
+    /// Region this node serves. Default: "local".
+    pub region: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: "meridian".into(),
+            region: "local".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    #[default]
+    Human,
+    /// One JSON object per line (for Loki and friends).
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// "human" or "json". Default: "human".
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. "info" or "meridian_relay=debug". Default: "info".
+    /// `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+/// `[admin]`: the admin HTTP listener (Prometheus `/metrics`, `/healthz`, `/readyz`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Default: "127.0.0.1:9478". Port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9478".parse().unwrap(),
+        }
+    }
+}
+
+/// `[turn]`: the STUN/TURN server.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    /// Realm sent to clients. Default: "meridian".
+    pub realm: String,
+    /// UDP listeners. Default: ["127.0.0.1:3478"]. Port 0 picks a free port.
+    pub udp: Vec<SocketAddr>,
+    /// TCP listeners. Default: ["127.0.0.1:3478"].
+    pub tcp: Vec<SocketAddr>,
+    /// TLS listeners (TURN over TLS, `turns:`). Default: [] (5349 is the usual port; 443
+    /// gets through the strictest firewalls). Requires `tls_cert` and `tls_key`.
+    pub tls: Vec<SocketAddr>,
+    /// PEM certificate chain for the TLS listeners. Reloaded on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the TLS listeners. Reloaded on SIGHUP.
+    pub tls_key: Option<PathBuf>,
+    /// Worker threads, each with its own SO_REUSEPORT sockets. 0 = one per core. Default: 0.
+    pub workers: usize,
+    /// Address relay sockets for IPv4 allocations bind to. Default: "127.0.0.1".
+    pub relay_ipv4: Option<Ipv4Addr>,
+    /// Address relay sockets for IPv6 allocations bind to. Default: none (IPv6 relaying off).
+    pub relay_ipv6: Option<Ipv6Addr>,
+    /// Public IPv4 address advertised in XOR-RELAYED-ADDRESS when the node sits behind 1:1
+    /// NAT. Default: `relay_ipv4`.
+    pub external_ipv4: Option<Ipv4Addr>,
+    /// Public IPv6 address advertised for IPv6 relays. Default: `relay_ipv6`.
+    pub external_ipv6: Option<Ipv6Addr>,
+    /// Lowest relay port. Default: 49152.
+    pub relay_port_min: u16,
+    /// Highest relay port. Default: 65535.
+    pub relay_port_max: u16,
+    /// Allocation lifetime when the client asks for none, in seconds. Default: 600.
+    pub default_lifetime_secs: u32,
+    /// Longest allocation lifetime granted, in seconds. Default: 3600.
+    pub max_lifetime_secs: u32,
+    /// How long a nonce stays valid before clients get 438 Stale Nonce, in seconds.
+    /// Default: 600.
+    pub nonce_lifetime_secs: u32,
+    /// Send a SOFTWARE attribute (`meridian/<version>`) in responses. Default: true.
+    pub software: bool,
+    /// Where to send clients (300 Try Alternate) while this node drains. Default: none.
+    pub alternate_server: Option<SocketAddr>,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            realm: "meridian".into(),
+            udp: vec!["127.0.0.1:3478".parse().unwrap()],
+            tcp: vec!["127.0.0.1:3478".parse().unwrap()],
+            tls: vec![],
+            tls_cert: None,
+            tls_key: None,
+            workers: 0,
+            relay_ipv4: Some(Ipv4Addr::LOCALHOST),
+            relay_ipv6: None,
+            external_ipv4: None,
+            external_ipv6: None,
+            relay_port_min: 49152,
+            relay_port_max: 65535,
+            default_lifetime_secs: 600,
+            max_lifetime_secs: 3600,
+            nonce_lifetime_secs: 600,
+            software: true,
+            alternate_server: None,
+        }
+    }
+}
+
+/// A static long-term credential.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticUser {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for StaticUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticUser")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `[auth]`: who may allocate.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Static long-term users. Also from `MERIDIAN_TURN_USERS` ("user:pass,user2:pass2").
+    pub users: Vec<StaticUser>,
+    /// Shared secrets for TURN REST API ephemeral credentials (`expiry:user`, password =
+    /// base64(HMAC-SHA1(secret, username))). Several are accepted at once so secrets rotate
+    /// without downtime; the first one signs new credentials. Also from
+    /// `MERIDIAN_TURN_REST_SECRETS` (comma-separated).
+    pub rest_secrets: Vec<String>,
+    /// Lifetime of credentials minted by `meridian credential`, in seconds. Default: 86400.
+    pub credential_ttl_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            users: vec![],
+            rest_secrets: vec![],
+            credential_ttl_secs: 86400,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("users", &self.users)
+            .field(
+                "rest_secrets",
+                &format_args!("<{} redacted>", self.rest_secrets.len()),
+            )
+            .field("credential_ttl_secs", &self.credential_ttl_secs)
+            .finish()
+    }
+}
+
+/// `[limits]`: quotas.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Allocations on this node. Default: 100000.
+    pub max_allocations: usize,
+    /// Allocations per username. Default: 100.
+    pub max_allocations_per_user: usize,
+    /// Permissions per allocation. Default: 64.
+    pub max_permissions_per_allocation: usize,
+    /// Channels per allocation. Default: 64.
+    pub max_channels_per_allocation: usize,
+    /// Relayed bandwidth per allocation, both directions together, in kilobits per second.
+    /// 0 = unlimited. Default: 0.
+    pub allocation_bandwidth_kbps: u64,
+    /// Sustained unauthenticated (or failing-authentication) requests per second accepted
+    /// from one source IP; beyond it requests are dropped and counted. Default: 20.
+    pub unauthenticated_rate: u32,
+    /// Burst allowance for the above. Default: 40.
+    pub unauthenticated_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_allocations: 100_000,
+            max_allocations_per_user: 100,
+            max_permissions_per_allocation: 64,
+            max_channels_per_allocation: 64,
+            allocation_bandwidth_kbps: 0,
+            unauthenticated_rate: 20,
+            unauthenticated_burst: 40,
+        }
+    }
+}
+
+/// `[security]`: which peers may be relayed to.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Networks relaying to is allowed even though they are refused by default (loopback,
+    /// private, link-local, CGNAT, ULA, the node's own addresses, ...). Default: [].
+    pub allow_peers: Vec<IpNet>,
+    /// Further networks to refuse. Default: [].
+    pub deny_peers: Vec<IpNet>,
+}
+
+/// `[drain]`: behaviour on SIGTERM.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// How long existing allocations keep relaying after SIGTERM before the node exits, in
+    /// seconds. Default: 60.
+    pub deadline_secs: u64,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig { deadline_secs: 60 }
+    }
+}

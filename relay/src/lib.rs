@@ -1,5 +1,7 @@
 //! The meridian media plane.
 //!
 //! - [`stun`]: the STUN/TURN message codec (sans-IO, zero-copy decoding).
+//! - [`turn`]: the sans-IO TURN server core.
 
 pub mod stun;
+pub mod turn;

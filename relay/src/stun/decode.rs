@@ -1,7 +1,7 @@
 //! Zero-copy STUN message parsing and verification.
 
 use super::attr::{self, AttrError};
-use super::integrity::{self, IntegrityAlgorithm};
+use super::integrity;
 use super::{MessageType, TransactionId, HEADER_LEN, MAGIC_COOKIE};
 
 /// Why bytes are not a well-formed STUN message.
@@ -225,19 +225,14 @@ impl<'a> Message<'a> {
             .map(|v| attr::decode_xor_address(typ, v, &self.tid))
     }
 
-    /// Verifies the message's integrity attribute(s) with `key`. When both are present the
-    /// SHA-256 one is checked when `algorithm` is SHA-256; otherwise MESSAGE-INTEGRITY.
-    /// Returns false if the attribute for the algorithm is missing or wrong.
-    pub fn verify_integrity(&self, key: &[u8], algorithm: IntegrityAlgorithm) -> bool {
-        match algorithm {
-            IntegrityAlgorithm::Sha256 => match self.integrity_sha256 {
-                Some(off) => integrity::verify_sha256(self.raw, off, key),
-                None => false,
-            },
-            IntegrityAlgorithm::Sha1 => match self.integrity {
-                Some(off) => integrity::verify_sha1(self.raw, off, key),
-                None => false,
-            },
+    /// Verifies the message's integrity with `key` (a long-term key's bytes or a short-term
+    /// password). MESSAGE-INTEGRITY-SHA256 is checked when present, otherwise
+    /// MESSAGE-INTEGRITY (RFC 8489 §9.2.4). False when neither is present or it is wrong.
+    pub fn verify_integrity(&self, key: &[u8]) -> bool {
+        match (self.integrity_sha256, self.integrity) {
+            (Some(off), _) => integrity::verify_sha256(self.raw, off, key),
+            (None, Some(off)) => integrity::verify_sha1(self.raw, off, key),
+            (None, None) => false,
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use super::attr;
-use super::integrity::{self, LongTermKey};
+use super::integrity;
 use super::{MessageType, TransactionId, HEADER_LEN, MAGIC_COOKIE};
 
 /// Appends attributes to a message and finishes it with integrity and fingerprint.
@@ -121,11 +121,12 @@ impl MessageBuilder {
         self
     }
 
-    /// Appends the integrity attribute matching the key's algorithm.
-    pub fn integrity(&mut self, key: &LongTermKey) -> &mut Self {
-        match key.algorithm {
-            integrity::IntegrityAlgorithm::Sha1 => self.integrity_sha1(key.as_bytes()),
-            integrity::IntegrityAlgorithm::Sha256 => self.integrity_sha256(key.as_bytes()),
+    /// Appends MESSAGE-INTEGRITY-SHA256 when `sha256`, otherwise MESSAGE-INTEGRITY.
+    pub fn integrity(&mut self, key: &[u8], sha256: bool) -> &mut Self {
+        if sha256 {
+            self.integrity_sha256(key)
+        } else {
+            self.integrity_sha1(key)
         }
     }
 
@@ -146,22 +147,26 @@ impl MessageBuilder {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{long_term_key, Class, IntegrityAlgorithm, Message, Method};
+    use super::super::{long_term_key, Class, Message, Method, PasswordAlgorithm};
     use super::*;
 
     #[test]
     fn integrity_round_trips_both_algorithms() {
         let tid = TransactionId([9; 12]);
-        for alg in [IntegrityAlgorithm::Sha1, IntegrityAlgorithm::Sha256] {
-            let key = long_term_key(alg, "user", "realm", "pass");
-            let mut b =
-                MessageBuilder::new(MessageType::new(Method::ALLOCATE, Class::Request), tid);
-            b.text(attr::USERNAME, "user").integrity(&key);
-            let bytes = b.finish_with_fingerprint();
-            let m = Message::parse(&bytes).unwrap();
-            assert!(m.verify_integrity(key.as_bytes(), alg));
-            let wrong = long_term_key(alg, "user", "realm", "nope");
-            assert!(!m.verify_integrity(wrong.as_bytes(), alg));
+        for alg in [PasswordAlgorithm::Md5, PasswordAlgorithm::Sha256] {
+            for sha256 in [false, true] {
+                let key = long_term_key(alg, "user", "realm", "pass");
+                let typ = MessageType::new(Method::ALLOCATE, Class::Request);
+                let mut b = MessageBuilder::new(typ, tid);
+                b.text(attr::USERNAME, "user")
+                    .integrity(key.as_bytes(), sha256);
+                let bytes = b.finish_with_fingerprint();
+                let m = Message::parse(&bytes).unwrap();
+                assert_eq!(m.has_integrity_sha256(), sha256);
+                assert!(m.verify_integrity(key.as_bytes()));
+                let wrong = long_term_key(alg, "user", "realm", "nope");
+                assert!(!m.verify_integrity(wrong.as_bytes()));
+            }
         }
     }
 

@@ -9,12 +9,13 @@ use super::HEADER_LEN;
 
 const FINGERPRINT_XOR: u32 = 0x5354_554e;
 
-/// Which HMAC a message carries or a key is for.
+/// How a long-term key is derived from the password (PASSWORD-ALGORITHM, RFC 8489 §18.5).
+/// Independent of which HMAC (MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256) a message uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum IntegrityAlgorithm {
-    /// MESSAGE-INTEGRITY (HMAC-SHA1) with an MD5 long-term key.
-    Sha1,
-    /// MESSAGE-INTEGRITY-SHA256 (HMAC-SHA256) with a SHA-256 long-term key.
+pub enum PasswordAlgorithm {
+    /// MD5(username:realm:password), the RFC 5389 key.
+    Md5,
+    /// SHA-256(username:realm:password).
     Sha256,
 }
 
@@ -22,15 +23,15 @@ pub enum IntegrityAlgorithm {
 /// `username:realm:password`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct LongTermKey {
-    pub algorithm: IntegrityAlgorithm,
+    pub algorithm: PasswordAlgorithm,
     bytes: [u8; 32],
 }
 
 impl LongTermKey {
     pub fn as_bytes(&self) -> &[u8] {
         match self.algorithm {
-            IntegrityAlgorithm::Sha1 => &self.bytes[..16],
-            IntegrityAlgorithm::Sha256 => &self.bytes[..32],
+            PasswordAlgorithm::Md5 => &self.bytes[..16],
+            PasswordAlgorithm::Sha256 => &self.bytes[..32],
         }
     }
 }
@@ -44,7 +45,7 @@ impl std::fmt::Debug for LongTermKey {
 /// Derives the long-term key. The password is prepared with SASLprep (RFC 4013) when that
 /// succeeds, as RFC 5389 clients do; otherwise it is used as given.
 pub fn long_term_key(
-    algorithm: IntegrityAlgorithm,
+    algorithm: PasswordAlgorithm,
     username: &str,
     realm: &str,
     password: &str,
@@ -52,7 +53,7 @@ pub fn long_term_key(
     let password = stringprep::saslprep(password).unwrap_or(std::borrow::Cow::Borrowed(password));
     let mut bytes = [0u8; 32];
     match algorithm {
-        IntegrityAlgorithm::Sha1 => {
+        PasswordAlgorithm::Md5 => {
             let mut h = Md5::new();
             h.update(username.as_bytes());
             h.update(b":");
@@ -61,7 +62,7 @@ pub fn long_term_key(
             h.update(password.as_bytes());
             bytes[..16].copy_from_slice(&h.finalize());
         }
-        IntegrityAlgorithm::Sha256 => {
+        PasswordAlgorithm::Sha256 => {
             let mut h = Sha256::new();
             h.update(username.as_bytes());
             h.update(b":");

@@ -13,9 +13,9 @@ mod integrity;
 #[cfg(test)]
 mod rfc5769;
 
-pub use decode::{DecodeError, Message, RawAttribute};
+pub use decode::{framed_len, DecodeError, Message, RawAttribute};
 pub use encode::MessageBuilder;
-pub use integrity::{long_term_key, IntegrityAlgorithm, LongTermKey};
+pub use integrity::{long_term_key, LongTermKey, PasswordAlgorithm};
 
 /// The fixed value in bytes 4..8 of every RFC 5389/8489 message.
 pub const MAGIC_COOKIE: u32 = 0x2112_A442;

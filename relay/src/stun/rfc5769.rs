@@ -2,7 +2,7 @@
 
 use super::attr;
 use super::{
-    long_term_key, Class, IntegrityAlgorithm, Message, MessageBuilder, MessageType, Method,
+    long_term_key, Class, Message, MessageBuilder, MessageType, Method, PasswordAlgorithm,
 };
 
 fn hex(s: &str) -> Vec<u8> {
@@ -64,8 +64,8 @@ fn sample_request_parses_and_verifies() {
         attr::decode_u32(attr::PRIORITY, m.get(attr::PRIORITY).unwrap()).unwrap(),
         0x6e0001ff
     );
-    assert!(m.verify_integrity(PASSWORD.as_bytes(), IntegrityAlgorithm::Sha1));
-    assert!(!m.verify_integrity(b"wrong", IntegrityAlgorithm::Sha1));
+    assert!(m.verify_integrity(PASSWORD.as_bytes()));
+    assert!(!m.verify_integrity(b"wrong"));
     assert_eq!(m.unknown_required().count(), 0);
 }
 
@@ -90,7 +90,7 @@ fn sample_responses_decode_mapped_addresses() {
             expected.parse().unwrap()
         );
         assert_eq!(m.text(attr::SOFTWARE).unwrap().unwrap(), "test vector");
-        assert!(m.verify_integrity(PASSWORD.as_bytes(), IntegrityAlgorithm::Sha1));
+        assert!(m.verify_integrity(PASSWORD.as_bytes()));
     }
 }
 
@@ -130,12 +130,12 @@ fn sample_long_term_request_verifies_with_saslprep_password() {
         "f//499k954d6OL34oL9FSTvy64sA"
     );
     let key = long_term_key(
-        IntegrityAlgorithm::Sha1,
+        PasswordAlgorithm::Md5,
         username,
         realm,
         "The\u{00AD}M\u{00AA}tr\u{2168}",
     );
-    assert!(m.verify_integrity(key.as_bytes(), IntegrityAlgorithm::Sha1));
-    let plain = long_term_key(IntegrityAlgorithm::Sha1, username, realm, "TheMatrIX");
+    assert!(m.verify_integrity(key.as_bytes()));
+    let plain = long_term_key(PasswordAlgorithm::Md5, username, realm, "TheMatrIX");
     assert_eq!(key, plain);
 }

@@ -1,0 +1,1003 @@
+//! Unit tests of parsing, validation, environment overrides and the shipped TOML files.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+const EXAMPLE: &str = include_str!("../meridian.example.toml");
+const DOCS: &str = include_str!("../../docs/config.md");
+
+/// A valid config without any file behind it.
+fn valid() -> Config {
+    let mut config = Config::default();
+    config.auth.rest_secrets = vec!["s3cret".into()];
+    config
+}
+
+/// Parses without validating.
+fn parse(text: &str) -> Config {
+    source::parse(text, "test.toml")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config
+}
+
+fn err(text: &str) -> String {
+    match Config::from_toml(text, "meridian.toml") {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Asserts that `change` makes a valid config fail with an error about `key` whose message
+/// contains `needle`.
+#[track_caller]
+fn rejects(change: impl FnOnce(&mut Config), key: &str, needle: &str) {
+    let mut config = valid();
+    change(&mut config);
+    let e = config.validate().expect_err("expected a validation error");
+    assert_eq!(e.key(), Some(key), "{e}");
+    assert!(
+        e.to_string().contains(needle),
+        "{e:?} does not contain {needle:?}"
+    );
+    assert!(e.to_string().starts_with(key), "{e}");
+}
+
+fn sock(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn user(name: &str, password: &str) -> StaticUser {
+    StaticUser {
+        username: name.into(),
+        password: password.into(),
+    }
+}
+
+/// A fresh path in the temp directory (not created).
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "meridian-config-test-{}-{name}",
+        std::process::id()
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// Defaults and the shipped files.
+
+#[test]
+fn defaults() {
+    let c = Config::default();
+    assert_eq!(c.node.name, "meridian");
+    assert_eq!(c.node.region, "local");
+    assert_eq!(c.log.format, LogFormat::Human);
+    assert_eq!(c.log.level, "info");
+    assert_eq!(c.admin.listen, sock("127.0.0.1:9478"));
+    assert_eq!(c.turn.realm, "meridian");
+    assert_eq!(c.turn.udp, vec![sock("127.0.0.1:3478")]);
+    assert_eq!(c.turn.tcp, vec![sock("127.0.0.1:3478")]);
+    assert!(c.turn.tls.is_empty());
+    assert_eq!(c.turn.relay_ipv4, Some(Ipv4Addr::LOCALHOST));
+    assert_eq!(c.turn.relay_ipv6, None);
+    assert_eq!(
+        (c.turn.relay_port_min, c.turn.relay_port_max),
+        (49152, 65535)
+    );
+    assert_eq!(c.turn.default_lifetime_secs, 600);
+    assert_eq!(c.turn.max_lifetime_secs, 3600);
+    assert_eq!(c.turn.nonce_lifetime_secs, 600);
+    assert!(c.turn.software);
+    assert!(c.auth.users.is_empty() && c.auth.rest_secrets.is_empty());
+    assert_eq!(c.auth.credential_ttl_secs, 86400);
+    assert_eq!(c.limits.max_allocations, 100_000);
+    assert_eq!(c.limits.allocation_bandwidth_kbps, 0);
+    assert!(c.security.allow_peers.is_empty() && c.security.deny_peers.is_empty());
+    assert_eq!(c.drain.deadline_secs, 60);
+    // An empty file is the defaults, and every section can be given empty.
+    assert_eq!(parse(""), c);
+    let sections = "[node]\n[log]\n[admin]\n[turn]\n[auth]\n[limits]\n[security]\n[drain]\n";
+    assert_eq!(parse(sections), c);
+    // The defaults plus a secret are valid.
+    valid().validate().unwrap();
+}
+
+#[test]
+fn embedded_default_is_the_defaults_plus_loopback_peers() {
+    let mut expected = Config::default();
+    expected.security.allow_peers =
+        vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+    assert_eq!(parse(EMBEDDED_DEFAULT), expected);
+    for section in [
+        "[node]",
+        "[log]",
+        "[admin]",
+        "[turn]",
+        "[auth]",
+        "[limits]",
+        "[security]",
+        "[drain]",
+    ] {
+        assert!(
+            EMBEDDED_DEFAULT.contains(section),
+            "{section} missing from the embedded default"
+        );
+    }
+}
+
+#[test]
+fn embedded_with_secret_validates() {
+    let c = Config::embedded("generated".into());
+    assert_eq!(c.auth.rest_secrets, vec!["generated".to_string()]);
+    assert_eq!(c.turn.udp, vec![sock("127.0.0.1:3478")]);
+    assert_eq!(c.turn.tcp, vec![sock("127.0.0.1:3478")]);
+    assert_eq!(c.admin.listen, sock("127.0.0.1:9478"));
+    assert_eq!(c.turn.relay_ipv4, Some(Ipv4Addr::LOCALHOST));
+    assert!(c
+        .security
+        .allow_peers
+        .contains(&"127.0.0.0/8".parse().unwrap()));
+    assert!(c.security.allow_peers.contains(&"::1/128".parse().unwrap()));
+    c.validate().unwrap();
+    // Without the secret it is refused: nobody could allocate.
+    let e = Config::from_toml(EMBEDDED_DEFAULT, "embedded default").unwrap_err();
+    assert_eq!(e.key(), Some("auth"));
+}
+
+#[test]
+#[should_panic(expected = "auth.rest_secrets[0]: empty secret")]
+fn embedded_with_empty_secret_panics() {
+    Config::embedded(String::new());
+}
+
+#[test]
+fn example_validates() {
+    let c = Config::from_toml(EXAMPLE, "meridian.example.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.turn.udp, vec![sock("0.0.0.0:3478")]);
+    assert_eq!(c.turn.tcp, vec![sock("0.0.0.0:3478")]);
+    assert_eq!(c.turn.relay_ipv4, Some(Ipv4Addr::UNSPECIFIED));
+    assert_eq!(c.turn.external_ipv4, Some(Ipv4Addr::new(203, 0, 113, 10)));
+    assert_eq!(c.auth.users.len(), 1);
+    assert_eq!(c.log.format, LogFormat::Json);
+    // The commented-out TLS lines are what docs describe; enabling them needs the files.
+    let tls = EXAMPLE
+        .replace("# tls = [", "tls = [")
+        .replace("# tls_cert", "tls_cert")
+        .replace("# tls_key", "tls_key");
+    let e = Config::from_toml(&tls, "meridian.example.toml").unwrap_err();
+    assert_eq!(e.key(), Some("turn.tls_cert"));
+    assert!(
+        e.to_string()
+            .contains("/etc/meridian/tls/fullchain.pem does not exist"),
+        "{e}"
+    );
+}
+
+#[test]
+fn worker_count() {
+    let mut c = valid();
+    c.turn.workers = 3;
+    assert_eq!(c.worker_count(), 3);
+    c.turn.workers = 0;
+    assert!(c.worker_count() >= 1);
+}
+
+#[test]
+fn secrets_are_redacted_in_debug() {
+    let mut c = valid();
+    c.auth.users.push(user("alice", "hunter2"));
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains("hunter2") && !debug.contains("s3cret"),
+        "{debug}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Parse errors: line, key, expected, found.
+
+#[test]
+fn unknown_key_names_line_and_key() {
+    let text = "[node]\nname = \"a\"\n\n[turn]\nrealmm = \"x\"\n";
+    let e = Config::from_toml(text, "meridian.toml").unwrap_err();
+    assert_eq!(e.line(), Some(5));
+    assert_eq!(e.key(), Some("turn.realmm"));
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(
+            "meridian.toml line 5: unknown key turn.realmm (expected one of: realm, udp, tcp, "
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("alternate_server)"), "{msg}");
+
+    assert!(err("\n\nfoo = 1\n")
+        .starts_with("meridian.toml line 3: unknown key foo (expected one of: node, log, "));
+    assert!(err("turn.realmm = 1\n").starts_with("meridian.toml line 1: unknown key turn.realmm "));
+    let e = err("[auth]\nrest_secrets = [\"s\"]\n[[auth.users]]\nusername = \"a\"\npassword = \"b\"\nrole = \"x\"\n");
+    assert_eq!(e, "meridian.toml line 6: unknown key auth.users[0].role (expected one of: username, password)");
+}
+
+#[test]
+fn type_errors_name_line_key_expected_and_found() {
+    assert_eq!(
+        err("[turn]\nrealm = \"x\"\nrelay_port_min = 70000\n"),
+        "meridian.toml line 3: turn.relay_port_min: expected 1..=65535, got 70000"
+    );
+    assert_eq!(
+        err("[turn]\nworkers = \"four\"\n"),
+        "meridian.toml line 2: turn.workers: expected 0..=256, got \"four\""
+    );
+    assert_eq!(
+        err("[turn]\nworkers = -1\n"),
+        "meridian.toml line 2: turn.workers: expected 0..=256, got -1"
+    );
+    assert_eq!(
+        err("[turn]\nudp = [\n  \"127.0.0.1:3478\",\n  \"127.0.0.1\",\n]\n"),
+        "meridian.toml line 4: turn.udp[1]: expected an \"ip:port\" socket address, got \"127.0.0.1\""
+    );
+    assert_eq!(
+        err("[turn]\nudp = \"0.0.0.0:3478\"\n"),
+        "meridian.toml line 2: turn.udp: expected an array of \"ip:port\" socket addresses, got \"0.0.0.0:3478\""
+    );
+    assert_eq!(
+        err("[log]\nformat = \"xml\"\n"),
+        "meridian.toml line 2: log.format: expected \"human\" or \"json\", got \"xml\""
+    );
+    assert_eq!(
+        err("[turn]\nsoftware = \"yes\"\n"),
+        "meridian.toml line 2: turn.software: expected true or false, got \"yes\""
+    );
+    assert_eq!(
+        err("[turn]\nrelay_ipv4 = \"::1\"\n"),
+        "meridian.toml line 2: turn.relay_ipv4: expected an IPv4 address, got \"::1\""
+    );
+    assert_eq!(
+        err("[security]\ndeny_peers = [\"192.0.2.1\"]\n"),
+        "meridian.toml line 2: security.deny_peers[0]: expected a network in CIDR notation such as \"10.0.0.0/8\", got \"192.0.2.1\""
+    );
+    assert_eq!(
+        err("turn = 5\n"),
+        "meridian.toml line 1: turn: expected a table, got 5"
+    );
+    assert_eq!(
+        err("[limits]\nmax_allocations = 1.5\n"),
+        "meridian.toml line 2: limits.max_allocations: expected an integer >= 1, got 1.5"
+    );
+}
+
+#[test]
+fn type_errors_never_echo_secrets() {
+    let e = err("[[auth.users]]\nusername = \"a\"\npassword = 123456\n");
+    assert_eq!(e, "meridian.toml line 3: auth.users[0].password: expected a string, got an integer (value not shown)");
+    let e = err("[auth]\nrest_secrets = [\"ok\", 987654]\n");
+    assert_eq!(e, "meridian.toml line 2: auth.rest_secrets[1]: expected a string, got an integer (value not shown)");
+}
+
+#[test]
+fn missing_user_fields() {
+    let e = Config::from_toml("[[auth.users]]\nusername = \"a\"\n", "meridian.toml").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "meridian.toml line 1: auth.users[0].password: required key missing"
+    );
+    let e = err(
+        "[[auth.users]]\nusername = \"a\"\npassword = \"b\"\n\n[[auth.users]]\npassword = \"c\"\n",
+    );
+    assert_eq!(
+        e,
+        "meridian.toml line 5: auth.users[1].username: required key missing"
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let e = Config::from_toml("[node]\nname = \"a\"\n[turn\n", "meridian.toml").unwrap_err();
+    assert!(
+        matches!(e, ConfigError::Syntax { line: Some(3), .. }),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("meridian.toml line 3: invalid TOML: "),
+        "{e}"
+    );
+    let e = err("[node]\nname = \"a\"\nname = \"b\"\n");
+    assert!(
+        e.starts_with("meridian.toml line 3: invalid TOML: duplicate key"),
+        "{e}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation rules.
+
+#[test]
+fn validation_errors_carry_the_line_when_from_a_file() {
+    let text =
+        "[auth]\nrest_secrets = [\"s\"]\n\n[turn]\nrealm = \"x\"\ntls = [\"0.0.0.0:5349\"]\n";
+    assert_eq!(
+        err(text),
+        "meridian.toml line 6: turn.tls: TLS listeners need turn.tls_cert and turn.tls_key"
+    );
+    // A key not written in the file: no line.
+    assert_eq!(
+        err("[node]\nname = \"a\"\n"),
+        "meridian.toml: auth: no static users and no REST secrets; every allocation would be refused \
+         (set auth.users or auth.rest_secrets, or MERIDIAN_TURN_REST_SECRETS)"
+    );
+    // A section header counts as the key.
+    assert!(err("[node]\n[auth]\ncredential_ttl_secs = 600\n")
+        .starts_with("meridian.toml line 2: auth: no static users"));
+    assert_eq!(
+        err("[auth]\nrest_secrets = [\"s\"]\n[turn]\nrelay_port_min = 0\n"),
+        "meridian.toml line 4: turn.relay_port_min: expected 1..=65535, got 0"
+    );
+    assert_eq!(
+        err("[auth]\nrest_secrets = [\"s\", \"\"]\n"),
+        "meridian.toml line 2: auth.rest_secrets[1]: empty secret"
+    );
+    // Straight from validate(): no origin, no line.
+    let mut c = valid();
+    c.turn.relay_port_max = 1000;
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        "turn.relay_port_max: expected 49152..=65535 (at least turn.relay_port_min), got 1000"
+    );
+}
+
+#[test]
+fn rule_log_level() {
+    rejects(
+        |c| c.log.level = " ".into(),
+        "log.level",
+        "expected a tracing filter",
+    );
+}
+
+#[test]
+fn rule_realm() {
+    rejects(
+        |c| c.turn.realm = String::new(),
+        "turn.realm",
+        "expected a non-empty string of printable ASCII, got \"\"",
+    );
+    rejects(
+        |c| c.turn.realm = "ex\u{e4}mple".into(),
+        "turn.realm",
+        "not printable ASCII",
+    );
+    rejects(
+        |c| c.turn.realm = "a\tb".into(),
+        "turn.realm",
+        "not printable ASCII",
+    );
+    rejects(
+        |c| c.turn.realm = "r".repeat(128),
+        "turn.realm",
+        "at most 127 characters",
+    );
+    let mut c = valid();
+    c.turn.realm = "Example Realm (eu) ~1".into();
+    c.validate().unwrap();
+}
+
+#[test]
+fn rule_listeners() {
+    rejects(
+        |c| {
+            c.turn.udp.clear();
+            c.turn.tcp.clear();
+        },
+        "turn",
+        "no listeners",
+    );
+    // Any one protocol is enough, and port 0 (ephemeral) is fine.
+    let mut c = valid();
+    c.turn.udp = vec![sock("127.0.0.1:0")];
+    c.turn.tcp.clear();
+    c.admin.listen = sock("127.0.0.1:0");
+    c.validate().unwrap();
+}
+
+#[test]
+fn rule_tls() {
+    rejects(
+        |c| c.turn.tls = vec![sock("0.0.0.0:5349")],
+        "turn.tls",
+        "TLS listeners need turn.tls_cert and turn.tls_key",
+    );
+    let cert = temp_path("cert.pem");
+    let key = temp_path("key.pem");
+    std::fs::write(&cert, "cert").unwrap();
+    let _ = std::fs::remove_file(&key);
+    let with_files = |c: &mut Config| {
+        c.turn.tls = vec![sock("0.0.0.0:5349")];
+        c.turn.tls_cert = Some(cert.clone());
+        c.turn.tls_key = Some(key.clone());
+    };
+    rejects(
+        with_files,
+        "turn.tls_key",
+        &format!("file {} does not exist", key.display()),
+    );
+    rejects(
+        |c| {
+            with_files(c);
+            c.turn.tls_key = Some(std::env::temp_dir());
+        },
+        "turn.tls_key",
+        "is a directory",
+    );
+    rejects(
+        |c| {
+            with_files(c);
+            c.turn.tls_cert = Some(PathBuf::from("/nonexistent/meridian/cert.pem"));
+        },
+        "turn.tls_cert",
+        "file /nonexistent/meridian/cert.pem does not exist",
+    );
+    std::fs::write(&key, "key").unwrap();
+    let mut c = valid();
+    with_files(&mut c);
+    c.validate().unwrap();
+    // Cert and key without TLS listeners are not checked.
+    let mut c = valid();
+    c.turn.tls_cert = Some(PathBuf::from("/nonexistent"));
+    c.validate().unwrap();
+    let _ = std::fs::remove_file(&cert);
+    let _ = std::fs::remove_file(&key);
+}
+
+#[test]
+fn rule_ports() {
+    rejects(
+        |c| c.turn.relay_port_min = 0,
+        "turn.relay_port_min",
+        "expected 1..=65535, got 0",
+    );
+    rejects(
+        |c| {
+            c.turn.relay_port_min = 50000;
+            c.turn.relay_port_max = 40000;
+        },
+        "turn.relay_port_max",
+        "expected 50000..=65535 (at least turn.relay_port_min), got 40000",
+    );
+    let mut c = valid();
+    c.turn.relay_port_min = 1;
+    c.turn.relay_port_max = 1;
+    c.validate().unwrap();
+}
+
+#[test]
+fn rule_lifetimes() {
+    rejects(
+        |c| c.turn.default_lifetime_secs = 0,
+        "turn.default_lifetime_secs",
+        "expected 1..=3600",
+    );
+    rejects(
+        |c| c.turn.default_lifetime_secs = 3601,
+        "turn.default_lifetime_secs",
+        "expected 1..=3600 (at most turn.max_lifetime_secs), got 3601",
+    );
+    rejects(
+        |c| c.turn.max_lifetime_secs = 86401,
+        "turn.max_lifetime_secs",
+        "expected 1..=86400, got 86401",
+    );
+    rejects(
+        |c| c.turn.nonce_lifetime_secs = 29,
+        "turn.nonce_lifetime_secs",
+        "expected 30..=86400, got 29",
+    );
+    rejects(
+        |c| c.turn.nonce_lifetime_secs = 86401,
+        "turn.nonce_lifetime_secs",
+        "expected 30..=86400, got 86401",
+    );
+    let mut c = valid();
+    c.turn.max_lifetime_secs = 86400;
+    c.turn.default_lifetime_secs = 86400;
+    c.turn.nonce_lifetime_secs = 30;
+    c.validate().unwrap();
+}
+
+#[test]
+fn rule_relay_addresses() {
+    rejects(
+        |c| c.turn.relay_ipv4 = None,
+        "turn.relay_ipv4",
+        "no relay address",
+    );
+    rejects(
+        |c| {
+            c.turn.relay_ipv4 = None;
+            c.turn.relay_ipv6 = Some(Ipv6Addr::LOCALHOST);
+            c.turn.external_ipv4 = Some(Ipv4Addr::new(203, 0, 113, 1));
+        },
+        "turn.external_ipv4",
+        "set without turn.relay_ipv4",
+    );
+    rejects(
+        |c| c.turn.external_ipv6 = Some("2001:db8::1".parse().unwrap()),
+        "turn.external_ipv6",
+        "set without turn.relay_ipv6",
+    );
+    rejects(
+        |c| c.turn.relay_ipv4 = Some(Ipv4Addr::UNSPECIFIED),
+        "turn.relay_ipv4",
+        "set turn.external_ipv4",
+    );
+    rejects(
+        |c| c.turn.relay_ipv6 = Some(Ipv6Addr::UNSPECIFIED),
+        "turn.relay_ipv6",
+        "set turn.external_ipv6",
+    );
+    rejects(
+        |c| c.turn.relay_ipv4 = Some(Ipv4Addr::new(224, 0, 0, 1)),
+        "turn.relay_ipv4",
+        "expected a unicast IPv4 address, got 224.0.0.1",
+    );
+    rejects(
+        |c| c.turn.relay_ipv6 = Some("ff02::1".parse().unwrap()),
+        "turn.relay_ipv6",
+        "expected a unicast IPv6 address",
+    );
+    rejects(
+        |c| c.turn.external_ipv4 = Some(Ipv4Addr::UNSPECIFIED),
+        "turn.external_ipv4",
+        "expected a unicast IPv4 address, got 0.0.0.0",
+    );
+    rejects(
+        |c| {
+            c.turn.relay_ipv6 = Some(Ipv6Addr::LOCALHOST);
+            c.turn.external_ipv6 = Some(Ipv6Addr::UNSPECIFIED);
+        },
+        "turn.external_ipv6",
+        "expected a unicast IPv6 address, got ::",
+    );
+    // Wildcard relay addresses are fine with an advertised address; IPv6 alone is fine.
+    let mut c = valid();
+    c.turn.relay_ipv4 = Some(Ipv4Addr::UNSPECIFIED);
+    c.turn.external_ipv4 = Some(Ipv4Addr::new(203, 0, 113, 10));
+    c.turn.relay_ipv6 = Some(Ipv6Addr::UNSPECIFIED);
+    c.turn.external_ipv6 = Some("2001:db8::10".parse().unwrap());
+    c.validate().unwrap();
+    c.turn.relay_ipv4 = None;
+    c.turn.external_ipv4 = None;
+    c.validate().unwrap();
+}
+
+#[test]
+fn rule_alternate_server() {
+    rejects(
+        |c| c.turn.alternate_server = Some(sock("0.0.0.0:3478")),
+        "turn.alternate_server",
+        "got 0.0.0.0:3478",
+    );
+    rejects(
+        |c| c.turn.alternate_server = Some(sock("192.0.2.1:0")),
+        "turn.alternate_server",
+        "got 192.0.2.1:0",
+    );
+    let mut c = valid();
+    c.turn.alternate_server = Some(sock("192.0.2.1:3478"));
+    c.validate().unwrap();
+}
+
+#[test]
+fn rule_workers() {
+    rejects(
+        |c| c.turn.workers = 257,
+        "turn.workers",
+        "expected 0..=256 (0 = one per core), got 257",
+    );
+    let mut c = valid();
+    c.turn.workers = 256;
+    c.validate().unwrap();
+}
+
+#[test]
+fn rule_limits() {
+    rejects(
+        |c| c.limits.max_allocations = 0,
+        "limits.max_allocations",
+        "expected an integer >= 1, got 0",
+    );
+    rejects(
+        |c| c.limits.max_allocations_per_user = 0,
+        "limits.max_allocations_per_user",
+        "got 0",
+    );
+    rejects(
+        |c| c.limits.max_permissions_per_allocation = 0,
+        "limits.max_permissions_per_allocation",
+        "got 0",
+    );
+    rejects(
+        |c| c.limits.max_channels_per_allocation = 0,
+        "limits.max_channels_per_allocation",
+        "got 0",
+    );
+    rejects(
+        |c| c.limits.unauthenticated_rate = 0,
+        "limits.unauthenticated_rate",
+        "got 0",
+    );
+    rejects(
+        |c| c.limits.unauthenticated_burst = 0,
+        "limits.unauthenticated_burst",
+        "got 0",
+    );
+    rejects(
+        |c| c.limits.max_allocations = 10,
+        "limits.max_allocations_per_user",
+        "expected 1..=10 (at most limits.max_allocations), got 100",
+    );
+    rejects(
+        |c| c.limits.unauthenticated_burst = 19,
+        "limits.unauthenticated_burst",
+        "expected at least limits.unauthenticated_rate (20), got 19",
+    );
+    // 0 bandwidth means unlimited.
+    let mut c = valid();
+    c.limits.allocation_bandwidth_kbps = 0;
+    c.limits.unauthenticated_burst = c.limits.unauthenticated_rate;
+    c.validate().unwrap();
+}
+
+#[test]
+fn rule_auth() {
+    rejects(
+        |c| c.auth.rest_secrets.clear(),
+        "auth",
+        "no static users and no REST secrets",
+    );
+    rejects(
+        |c| c.auth.rest_secrets = vec!["a".into(), String::new()],
+        "auth.rest_secrets[1]",
+        "empty secret",
+    );
+    rejects(
+        |c| c.auth.users = vec![user("", "pw")],
+        "auth.users[0].username",
+        "expected a non-empty string",
+    );
+    rejects(
+        |c| c.auth.users = vec![user(&"u".repeat(513), "pw")],
+        "auth.users[0].username",
+        "at most 512 bytes",
+    );
+    rejects(
+        |c| {
+            c.auth.users = vec![
+                user("alice", "pw1"),
+                user("bob", "pw2"),
+                user("alice", "pw3"),
+            ]
+        },
+        "auth.users[2].username",
+        "duplicate username \"alice\" (also auth.users[0])",
+    );
+    rejects(
+        |c| c.auth.users = vec![user("alice", "")],
+        "auth.users[0].password",
+        "empty password for user \"alice\"",
+    );
+    rejects(
+        |c| c.auth.credential_ttl_secs = 59,
+        "auth.credential_ttl_secs",
+        "expected 60..=31536000, got 59",
+    );
+    rejects(
+        |c| c.auth.credential_ttl_secs = 31_536_001,
+        "auth.credential_ttl_secs",
+        "got 31536001",
+    );
+    // Static users alone are enough; ':' in a static username is allowed.
+    let mut c = Config::default();
+    c.auth.users = vec![user("probe:1", "pw")];
+    c.validate().unwrap();
+}
+
+#[test]
+fn rule_drain() {
+    rejects(
+        |c| c.drain.deadline_secs = 3601,
+        "drain.deadline_secs",
+        "expected 0..=3600, got 3601",
+    );
+    let mut c = valid();
+    c.drain.deadline_secs = 0;
+    c.validate().unwrap();
+}
+
+#[test]
+fn validation_errors_never_echo_passwords() {
+    let mut c = valid();
+    c.auth.users = vec![user("alice", "hunter2"), user("alice", "hunter3")];
+    let e = c.validate().unwrap_err().to_string();
+    assert!(!e.contains("hunter"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Environment overrides.
+
+fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+    move |name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+#[test]
+fn env_rest_secrets_replace() {
+    let mut c = valid();
+    c.apply_env(env(&[("MERIDIAN_TURN_REST_SECRETS", " new , old,,")]))
+        .unwrap();
+    assert_eq!(
+        c.auth.rest_secrets,
+        vec!["new".to_string(), "old".to_string()]
+    );
+    // Set but empty: the file's secrets stay.
+    let mut c = valid();
+    c.apply_env(env(&[("MERIDIAN_TURN_REST_SECRETS", "")]))
+        .unwrap();
+    assert_eq!(c.auth.rest_secrets, vec!["s3cret".to_string()]);
+    // Unset: nothing changes.
+    let mut c = valid();
+    c.apply_env(env(&[])).unwrap();
+    assert_eq!(c, valid());
+}
+
+#[test]
+fn env_users_append() {
+    let mut c = valid();
+    c.auth.users.push(user("file", "pw"));
+    c.apply_env(env(&[("MERIDIAN_TURN_USERS", "alice:pa:ss, bob:pw2,")]))
+        .unwrap();
+    assert_eq!(
+        c.auth.users,
+        vec![
+            user("file", "pw"),
+            user("alice", "pa:ss"),
+            user("bob", "pw2")
+        ]
+    );
+    c.validate().unwrap();
+    // Users from the environment alone satisfy the auth rule.
+    let mut c = Config::default();
+    c.apply_env(env(&[("MERIDIAN_TURN_USERS", "alice:pw")]))
+        .unwrap();
+    c.validate().unwrap();
+    // So do secrets.
+    let mut c = Config::default();
+    c.apply_env(env(&[("MERIDIAN_TURN_REST_SECRETS", "k")]))
+        .unwrap();
+    c.validate().unwrap();
+}
+
+#[test]
+fn env_users_malformed() {
+    for (value, entry, what) in [
+        ("alice:pw,topsecretpassword", 2, "no ':'"),
+        (":topsecretpassword", 1, "an empty user"),
+        ("alice:pw,bob:", 2, "an empty password"),
+    ] {
+        let mut c = valid();
+        let e = c
+            .apply_env(env(&[("MERIDIAN_TURN_USERS", value)]))
+            .unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(
+            msg,
+            format!(
+                "MERIDIAN_TURN_USERS: entry {entry} (1-based): expected user:password, got {what}"
+            )
+        );
+        assert!(
+            !msg.contains("topsecret") && !msg.contains("alice"),
+            "{msg}"
+        );
+        assert_eq!(c, valid(), "a failed override must not change the config");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Files.
+
+#[test]
+fn load_missing_file() {
+    let e = Config::load(Path::new("/x/y.toml")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "cannot read /x/y.toml: No such file or directory"
+    );
+}
+
+#[test]
+fn load_reports_file_name_and_line() {
+    let path = temp_path("bad.toml");
+    std::fs::write(
+        &path,
+        "[auth]\nrest_secrets = [\"s\"]\n\n[turn]\nrelay_port_min = 70000\n",
+    )
+    .unwrap();
+    let e = Config::load(&path).unwrap_err();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{} line 5: turn.relay_port_min: expected 1..=65535, got 70000",
+            path.display()
+        )
+    );
+
+    let path = temp_path("good.toml");
+    std::fs::write(&path, EXAMPLE).unwrap();
+    let loaded = Config::load(&path);
+    let _ = std::fs::remove_file(&path);
+    // The process environment may add users or secrets; the file itself must load.
+    assert_eq!(
+        loaded.unwrap_or_else(|e| panic!("{e}")).turn.external_ipv4,
+        Some(Ipv4Addr::new(203, 0, 113, 10))
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The key list and the documentation.
+
+/// Field names of a section, as serde reports them for an unknown key (so they always match
+/// the structs).
+fn fields(prefix: &str) -> Vec<String> {
+    let text = match prefix {
+        "" => "zz_probe = 1\n".to_string(),
+        "auth.users[0]" => "[[auth.users]]\nzz_probe = 1\n".to_string(),
+        section => format!("[{section}]\nzz_probe = 1\n"),
+    };
+    match source::parse(&text, "probe") {
+        Err(ConfigError::UnknownKey { expected, .. }) => expected,
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("probe key accepted"),
+    }
+}
+
+fn all_sections() -> Vec<String> {
+    let sections = fields("");
+    assert_eq!(
+        sections,
+        ["node", "log", "admin", "turn", "auth", "limits", "security", "drain"]
+    );
+    sections
+}
+
+#[test]
+fn every_key_has_an_expected_description() {
+    for section in all_sections() {
+        assert!(source::KEYS.iter().any(|(k, _)| *k == section), "{section}");
+        for field in fields(&section) {
+            let key = format!("{section}.{field}");
+            assert!(
+                source::KEYS.iter().any(|(k, _)| *k == key),
+                "{key} missing from source::KEYS"
+            );
+        }
+    }
+    for field in fields("auth.users[0]") {
+        let key = format!("auth.users[].{field}");
+        assert!(
+            source::KEYS.iter().any(|(k, _)| *k == key),
+            "{key} missing from source::KEYS"
+        );
+    }
+}
+
+/// The part of docs/config.md under the heading for `[section]`.
+fn docs_section(section: &str) -> &'static str {
+    let heading = format!("## `[{section}]`");
+    let start = DOCS
+        .find(&heading)
+        .unwrap_or_else(|| panic!("docs/config.md has no heading {heading}"));
+    let rest = &DOCS[start + heading.len()..];
+    &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+}
+
+#[test]
+fn docs_describe_every_key() {
+    for section in all_sections() {
+        let text = docs_section(&section);
+        for field in fields(&section) {
+            assert!(
+                text.contains(&format!("| `{field}` |")),
+                "docs/config.md [{section}] does not document {field}"
+            );
+        }
+    }
+    let auth = docs_section("auth");
+    for field in fields("auth.users[0]") {
+        assert!(
+            auth.contains(&format!("`{field}`")),
+            "docs/config.md [auth] does not document users.{field}"
+        );
+    }
+    for var in [ENV_REST_SECRETS, ENV_USERS] {
+        assert!(DOCS.contains(var), "docs/config.md does not mention {var}");
+    }
+}
+
+#[test]
+fn docs_mention_every_default() {
+    // A light check that the documented defaults follow the code: the default of each
+    // scalar key appears in its row.
+    let c = Config::default();
+    let rows = [
+        ("turn", "relay_port_min", c.turn.relay_port_min.to_string()),
+        ("turn", "relay_port_max", c.turn.relay_port_max.to_string()),
+        (
+            "turn",
+            "default_lifetime_secs",
+            c.turn.default_lifetime_secs.to_string(),
+        ),
+        (
+            "turn",
+            "max_lifetime_secs",
+            c.turn.max_lifetime_secs.to_string(),
+        ),
+        (
+            "turn",
+            "nonce_lifetime_secs",
+            c.turn.nonce_lifetime_secs.to_string(),
+        ),
+        (
+            "auth",
+            "credential_ttl_secs",
+            c.auth.credential_ttl_secs.to_string(),
+        ),
+        (
+            "limits",
+            "max_allocations",
+            c.limits.max_allocations.to_string(),
+        ),
+        (
+            "limits",
+            "max_allocations_per_user",
+            c.limits.max_allocations_per_user.to_string(),
+        ),
+        (
+            "limits",
+            "max_permissions_per_allocation",
+            c.limits.max_permissions_per_allocation.to_string(),
+        ),
+        (
+            "limits",
+            "max_channels_per_allocation",
+            c.limits.max_channels_per_allocation.to_string(),
+        ),
+        (
+            "limits",
+            "unauthenticated_rate",
+            c.limits.unauthenticated_rate.to_string(),
+        ),
+        (
+            "limits",
+            "unauthenticated_burst",
+            c.limits.unauthenticated_burst.to_string(),
+        ),
+        ("drain", "deadline_secs", c.drain.deadline_secs.to_string()),
+        ("admin", "listen", c.admin.listen.to_string()),
+    ];
+    for (section, field, default) in rows {
+        let text = docs_section(section);
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{field}` |")))
+            .unwrap_or_else(|| panic!("no row for {section}.{field}"));
+        assert!(
+            row.contains(&format!("`{default}`")),
+            "docs row for {section}.{field} lacks default `{default}`: {row}"
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! Semantic validation: rules that types alone cannot express.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::path::Path;
+
+use crate::error::io_reason;
+use crate::{Config, ConfigError};
+
+/// Longest allocation lifetime that may be configured (RFC 8656 suggests 3600 s as a maximum;
+/// a day is a generous upper bound).
+pub(crate) const MAX_LIFETIME_LIMIT: u32 = 86_400;
+/// Credential TTL bounds: a minute to a year.
+pub(crate) const CREDENTIAL_TTL_MIN: u64 = 60;
+pub(crate) const CREDENTIAL_TTL_MAX: u64 = 31_536_000;
+/// Nonce lifetime bounds.
+pub(crate) const NONCE_LIFETIME_MIN: u32 = 30;
+pub(crate) const NONCE_LIFETIME_MAX: u32 = 86_400;
+/// Most worker threads.
+pub(crate) const MAX_WORKERS: usize = 256;
+/// Longest drain deadline.
+pub(crate) const MAX_DRAIN_SECS: u64 = 3600;
+/// REALM must be fewer than 128 characters (RFC 8489 section 14.9).
+pub(crate) const MAX_REALM_CHARS: usize = 127;
+/// USERNAME must be fewer than 513 bytes (RFC 8489 section 14.3).
+pub(crate) const MAX_USERNAME_BYTES: usize = 512;
+
+fn check_range<T: PartialOrd + Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::invalid(key, format!("{min}..={max}"), value));
+    }
+    Ok(())
+}
+
+fn check_positive<T: PartialOrd + Display + Default>(
+    key: &str,
+    value: T,
+) -> Result<(), ConfigError> {
+    if value <= T::default() {
+        return Err(ConfigError::invalid(key, "an integer >= 1", value));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
+    validate_log(config)?;
+    validate_turn(config)?;
+    validate_limits(config)?;
+    validate_auth(config)?;
+    check_range(
+        "drain.deadline_secs",
+        config.drain.deadline_secs,
+        0,
+        MAX_DRAIN_SECS,
+    )?;
+    Ok(())
+}
+
+fn validate_log(config: &Config) -> Result<(), ConfigError> {
+    if config.log.level.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            "log.level",
+            "a tracing filter such as \"info\" or \"meridian_relay=debug\"",
+            format!("{:?}", config.log.level),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_turn(config: &Config) -> Result<(), ConfigError> {
+    let turn = &config.turn;
+
+    // Realm.
+    if turn.realm.is_empty() {
+        return Err(ConfigError::invalid(
+            "turn.realm",
+            "a non-empty string of printable ASCII",
+            "\"\"",
+        ));
+    }
+    if let Some((at, c)) = turn
+        .realm
+        .char_indices()
+        .find(|(_, c)| !(' '..='~').contains(c))
+    {
+        return Err(ConfigError::invalid(
+            "turn.realm",
+            "a non-empty string of printable ASCII",
+            format!(
+                "{:?} (character {c:?} at byte {at} is not printable ASCII)",
+                turn.realm
+            ),
+        ));
+    }
+    if turn.realm.len() > MAX_REALM_CHARS {
+        return Err(ConfigError::invalid(
+            "turn.realm",
+            format!("at most {MAX_REALM_CHARS} characters"),
+            format!("{} characters", turn.realm.len()),
+        ));
+    }
+
+    // Listeners.
+    if turn.udp.is_empty() && turn.tcp.is_empty() && turn.tls.is_empty() {
+        return Err(ConfigError::rule(
+            "turn",
+            "no listeners; set at least one of turn.udp, turn.tcp or turn.tls",
+        ));
+    }
+    if !turn.tls.is_empty() {
+        if turn.tls_cert.is_none() || turn.tls_key.is_none() {
+            return Err(ConfigError::rule(
+                "turn.tls",
+                "TLS listeners need turn.tls_cert and turn.tls_key",
+            ));
+        }
+        for (key, path) in [
+            ("turn.tls_cert", &turn.tls_cert),
+            ("turn.tls_key", &turn.tls_key),
+        ] {
+            if let Some(path) = path {
+                check_file(key, path)?;
+            }
+        }
+    }
+
+    if turn.workers > MAX_WORKERS {
+        return Err(ConfigError::invalid(
+            "turn.workers",
+            format!("0..={MAX_WORKERS} (0 = one per core)"),
+            turn.workers,
+        ));
+    }
+
+    // Relay addresses.
+    if turn.relay_ipv4.is_none() && turn.relay_ipv6.is_none() {
+        return Err(ConfigError::rule(
+            "turn.relay_ipv4",
+            "no relay address; set turn.relay_ipv4 and/or turn.relay_ipv6",
+        ));
+    }
+    if let Some(relay) = turn.relay_ipv4 {
+        if relay.is_multicast() || relay.is_broadcast() {
+            return Err(ConfigError::invalid(
+                "turn.relay_ipv4",
+                "a unicast IPv4 address",
+                relay,
+            ));
+        }
+        if relay.is_unspecified() && turn.external_ipv4.is_none() {
+            return Err(ConfigError::rule(
+                "turn.relay_ipv4",
+                "0.0.0.0 binds relays on every interface, so there is no address to advertise; \
+                 set turn.external_ipv4 to the public address",
+            ));
+        }
+    }
+    if let Some(relay) = turn.relay_ipv6 {
+        if relay.is_multicast() {
+            return Err(ConfigError::invalid(
+                "turn.relay_ipv6",
+                "a unicast IPv6 address",
+                relay,
+            ));
+        }
+        if relay.is_unspecified() && turn.external_ipv6.is_none() {
+            return Err(ConfigError::rule(
+                "turn.relay_ipv6",
+                ":: binds relays on every interface, so there is no address to advertise; \
+                 set turn.external_ipv6 to the public address",
+            ));
+        }
+    }
+    if let Some(external) = turn.external_ipv4 {
+        if turn.relay_ipv4.is_none() {
+            return Err(ConfigError::rule(
+                "turn.external_ipv4",
+                "set without turn.relay_ipv4; IPv4 relaying needs turn.relay_ipv4",
+            ));
+        }
+        if external.is_unspecified() || external.is_multicast() || external.is_broadcast() {
+            return Err(ConfigError::invalid(
+                "turn.external_ipv4",
+                "a unicast IPv4 address",
+                external,
+            ));
+        }
+    }
+    if let Some(external) = turn.external_ipv6 {
+        if turn.relay_ipv6.is_none() {
+            return Err(ConfigError::rule(
+                "turn.external_ipv6",
+                "set without turn.relay_ipv6; IPv6 relaying needs turn.relay_ipv6",
+            ));
+        }
+        if external.is_unspecified() || external.is_multicast() {
+            return Err(ConfigError::invalid(
+                "turn.external_ipv6",
+                "a unicast IPv6 address",
+                external,
+            ));
+        }
+    }
+
+    // Relay ports.
+    check_range("turn.relay_port_min", turn.relay_port_min, 1, u16::MAX)?;
+    if turn.relay_port_max < turn.relay_port_min {
+        return Err(ConfigError::invalid(
+            "turn.relay_port_max",
+            format!(
+                "{}..=65535 (at least turn.relay_port_min)",
+                turn.relay_port_min
+            ),
+            turn.relay_port_max,
+        ));
+    }
+
+    // Lifetimes.
+    check_range(
+        "turn.max_lifetime_secs",
+        turn.max_lifetime_secs,
+        1,
+        MAX_LIFETIME_LIMIT,
+    )?;
+    if turn.default_lifetime_secs < 1 || turn.default_lifetime_secs > turn.max_lifetime_secs {
+        return Err(ConfigError::invalid(
+            "turn.default_lifetime_secs",
+            format!(
+                "1..={} (at most turn.max_lifetime_secs)",
+                turn.max_lifetime_secs
+            ),
+            turn.default_lifetime_secs,
+        ));
+    }
+    check_range(
+        "turn.nonce_lifetime_secs",
+        turn.nonce_lifetime_secs,
+        NONCE_LIFETIME_MIN,
+        NONCE_LIFETIME_MAX,
+    )?;
+
+    if let Some(alternate) = turn.alternate_server {
+        if alternate.ip().is_unspecified() || alternate.port() == 0 {
+            return Err(ConfigError::invalid(
+                "turn.alternate_server",
+                "a concrete address and port clients can connect to",
+                alternate,
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_file(key: &str, path: &Path) -> Result<(), ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Err(ConfigError::rule(
+            key,
+            format!("{} is a directory, expected a PEM file", path.display()),
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ConfigError::rule(
+            key,
+            format!("file {} does not exist", path.display()),
+        )),
+        Err(e) => Err(ConfigError::rule(
+            key,
+            format!("cannot access {}: {}", path.display(), io_reason(&e)),
+        )),
+    }
+}
+
+fn validate_limits(config: &Config) -> Result<(), ConfigError> {
+    let limits = &config.limits;
+    check_positive("limits.max_allocations", limits.max_allocations)?;
+    check_positive(
+        "limits.max_allocations_per_user",
+        limits.max_allocations_per_user,
+    )?;
+    check_positive(
+        "limits.max_permissions_per_allocation",
+        limits.max_permissions_per_allocation,
+    )?;
+    check_positive(
+        "limits.max_channels_per_allocation",
+        limits.max_channels_per_allocation,
+    )?;
+    check_positive("limits.unauthenticated_rate", limits.unauthenticated_rate)?;
+    check_positive("limits.unauthenticated_burst", limits.unauthenticated_burst)?;
+    if limits.max_allocations_per_user > limits.max_allocations {
+        return Err(ConfigError::invalid(
+            "limits.max_allocations_per_user",
+            format!(
+                "1..={} (at most limits.max_allocations)",
+                limits.max_allocations
+            ),
+            limits.max_allocations_per_user,
+        ));
+    }
+    if limits.unauthenticated_burst < limits.unauthenticated_rate {
+        return Err(ConfigError::invalid(
+            "limits.unauthenticated_burst",
+            format!(
+                "at least limits.unauthenticated_rate ({})",
+                limits.unauthenticated_rate
+            ),
+            limits.unauthenticated_burst,
+        ));
+    }
+    Ok(())
+}
+
+fn validate_auth(config: &Config) -> Result<(), ConfigError> {
+    let auth = &config.auth;
+    if auth.users.is_empty() && auth.rest_secrets.is_empty() {
+        return Err(ConfigError::rule(
+            "auth",
+            "no static users and no REST secrets; every allocation would be refused \
+             (set auth.users or auth.rest_secrets, or MERIDIAN_TURN_REST_SECRETS)",
+        ));
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, user) in auth.users.iter().enumerate() {
+        let key = format!("auth.users[{i}].username");
+        if user.username.is_empty() {
+            return Err(ConfigError::invalid(key, "a non-empty string", "\"\""));
+        }
+        if user.username.len() > MAX_USERNAME_BYTES {
+            return Err(ConfigError::invalid(
+                key,
+                format!("at most {MAX_USERNAME_BYTES} bytes"),
+                format!("{} bytes", user.username.len()),
+            ));
+        }
+        if let Some(first) = seen.insert(&user.username, i) {
+            return Err(ConfigError::rule(
+                key,
+                format!(
+                    "duplicate username {:?} (also auth.users[{first}])",
+                    user.username
+                ),
+            ));
+        }
+        if user.password.is_empty() {
+            return Err(ConfigError::rule(
+                format!("auth.users[{i}].password"),
+                format!("empty password for user {:?}", user.username),
+            ));
+        }
+    }
+    for (i, secret) in auth.rest_secrets.iter().enumerate() {
+        if secret.is_empty() {
+            return Err(ConfigError::rule(
+                format!("auth.rest_secrets[{i}]"),
+                "empty secret",
+            ));
+        }
+    }
+    check_range(
+        "auth.credential_ttl_secs",
+        auth.credential_ttl_secs,
+        CREDENTIAL_TTL_MIN,
+        CREDENTIAL_TTL_MAX,
+    )?;
+    Ok(())
+}
