@@ -1,1 +1,218 @@
-fn main() {}
+//! `meridian`: one binary per region — STUN/TURN relay today; SFU and signaling to come.
+//! This file is CLI wiring only.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use meridian_config::{Config, LogFormat};
+
+/// A self-hosted, geo-replicated media relay: STUN/TURN (UDP, TCP, TLS) in one binary.
+///
+/// Run `meridian serve` with no arguments for a single node on loopback (no config file
+/// needed); it prints where it listens and a ready-to-use TURN credential. For a deployment,
+/// write a config (see config/meridian.example.toml and docs/config.md), validate it with
+/// `meridian check-config`, and run `meridian serve --config FILE`.
+#[derive(Parser, Debug)]
+#[command(name = "meridian", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node. Without --config: the embedded single-node default on loopback
+    /// (UDP/TCP 127.0.0.1:3478, admin http://127.0.0.1:9478), with a fresh REST secret.
+    ///
+    /// SIGTERM/SIGINT drain the node: new allocations are refused (300 Try Alternate when
+    /// turn.alternate_server is set), existing ones keep relaying until they end or
+    /// drain.deadline_secs pass, /readyz answers 503 meanwhile, then the node exits 0.
+    /// SIGHUP reloads the TLS certificate and key.
+    Serve {
+        /// TOML configuration file (see docs/config.md).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Write the bound addresses as JSON to this file once every listener is up
+        /// (for scripts and tests: {"turn_udp":[..],"turn_tcp":[..],"turn_tls":[..],"admin":"..","pid":N}).
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Validate a configuration file (and the MERIDIAN_TURN_* environment overrides); exits 1
+    /// with the line, key, expected and found values on the first problem.
+    CheckConfig {
+        /// TOML configuration file.
+        file: PathBuf,
+    },
+    /// Print a TURN REST API credential and an `iceServers` snippet for WebRTC clients,
+    /// signed with the first of the config's auth.rest_secrets.
+    Credential {
+        /// TOML configuration file (its REST secret and listeners are used).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The user the credential is for (the part after "expiry:").
+        #[arg(long, default_value = "user")]
+        user: String,
+        /// Lifetime in seconds (default: auth.credential_ttl_secs).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Host name clients use to reach the node (default: the listener address).
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Load generators and comparisons.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand, Debug)]
+enum Bench {
+    /// TURN load: C clients allocate, bind a channel to an echo peer and relay ChannelData;
+    /// reports rates, loss, RTT and the server's CPU per packet. See bench/README.md.
+    Turn(meridian_bench::turn::TurnArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meridian: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config, ready_file } => serve(config, ready_file),
+        Command::CheckConfig { file } => {
+            let cfg = Config::load(&file)?;
+            println!(
+                "{}: ok ({} UDP, {} TCP, {} TLS listener(s); {} static user(s), {} REST secret(s))",
+                file.display(),
+                cfg.turn.udp.len(),
+                cfg.turn.tcp.len(),
+                cfg.turn.tls.len(),
+                cfg.auth.users.len(),
+                cfg.auth.rest_secrets.len()
+            );
+            Ok(())
+        }
+        Command::Credential {
+            config,
+            user,
+            ttl,
+            host,
+        } => {
+            let cfg = Config::load(&config)?;
+            let ttl = ttl.unwrap_or(cfg.auth.credential_ttl_secs);
+            print!("{}", credential_text(&cfg, &user, ttl, host.as_deref())?);
+            Ok(())
+        }
+        Command::Bench(Bench::Turn(args)) => meridian_bench::turn::run(args),
+    }
+}
+
+fn serve(config: Option<PathBuf>, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let (cfg, embedded) = match &config {
+        Some(path) => (Config::load(path)?, false),
+        None => (Config::embedded(random_secret()), true),
+    };
+    init_logging(&cfg)?;
+    if embedded {
+        eprintln!("meridian: no --config given: running the embedded single-node default (loopback only).");
+        eprint!(
+            "{}",
+            credential_text(&cfg, "dev", cfg.auth.credential_ttl_secs, None)?
+        );
+        eprintln!(
+            "  metrics: http://{}/metrics  readiness: http://{}/readyz",
+            cfg.admin.listen, cfg.admin.listen
+        );
+        eprintln!(
+            "  For a deployment: meridian serve --config FILE (see config/meridian.example.toml)."
+        );
+    }
+    meridian_relay::net::run(cfg, meridian_relay::net::RunOptions { ready_file })?;
+    Ok(())
+}
+
+/// A REST credential and the iceServers JSON for the node's listeners.
+fn credential_text(
+    cfg: &Config,
+    user: &str,
+    ttl: u64,
+    host: Option<&str>,
+) -> anyhow::Result<String> {
+    if cfg.auth.rest_secrets.is_empty() {
+        bail!("auth.rest_secrets is empty: set one in the config or MERIDIAN_TURN_REST_SECRETS to mint credentials");
+    }
+    if user.is_empty() || user.contains(':') {
+        bail!("--user must be non-empty and must not contain ':' (got {user:?})");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("system clock before 1970")?
+        .as_secs();
+    let creds =
+        meridian_relay::turn::auth::Credentials::new([], cfg.auth.rest_secrets.iter().cloned());
+    let (username, password) = creds.mint(user, now, ttl).context("no REST secret")?;
+    let host_of = |a: &std::net::SocketAddr| -> String {
+        if let Some(h) = host {
+            return h.to_string();
+        }
+        match (a.ip(), cfg.turn.external_ipv4) {
+            (ip, Some(ext)) if ip.is_unspecified() => ext.to_string(),
+            (std::net::IpAddr::V6(v6), _) => format!("[{v6}]"),
+            (ip, _) => ip.to_string(),
+        }
+    };
+    let mut urls = Vec::new();
+    urls.extend(
+        cfg.turn
+            .udp
+            .iter()
+            .map(|a| format!("turn:{}:{}?transport=udp", host_of(a), a.port())),
+    );
+    urls.extend(
+        cfg.turn
+            .tcp
+            .iter()
+            .map(|a| format!("turn:{}:{}?transport=tcp", host_of(a), a.port())),
+    );
+    urls.extend(
+        cfg.turn
+            .tls
+            .iter()
+            .map(|a| format!("turns:{}:{}?transport=tcp", host_of(a), a.port())),
+    );
+    let ice = serde_json::json!({ "iceServers": [{ "urls": urls, "username": username, "credential": password }] });
+    Ok(format!(
+        "  TURN credential (valid {ttl} s):\n    username: {username}\n    password: {password}\n  {}\n",
+        serde_json::to_string(&ice)?
+    ))
+}
+
+fn random_secret() -> String {
+    rand::random::<[u8; 24]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn init_logging(cfg: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.log.level))
+        .with_context(|| format!("log.level {:?} is not a valid filter", cfg.log.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}

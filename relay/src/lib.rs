@@ -5,3 +5,4 @@
 
 pub mod stun;
 pub mod turn;
+pub mod net;

@@ -1,0 +1,39 @@
+//! The admin HTTP listener: Prometheus `/metrics`, `/healthz`, `/readyz`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+#[derive(Clone)]
+struct AdminState {
+    prometheus: PrometheusHandle,
+    ready: Arc<AtomicBool>,
+}
+
+pub fn router(prometheus: PrometheusHandle, ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(AdminState { prometheus, ready })
+}
+
+async fn metrics(State(s): State<AdminState>) -> String {
+    s.prometheus.render()
+}
+
+async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready (starting or draining)\n",
+        )
+    }
+}

@@ -1,0 +1,162 @@
+//! Exports a worker's core counters to the `metrics` facade (Prometheus), as deltas once a
+//! second, so the per-packet path only bumps plain integers.
+
+use metrics::{counter, gauge};
+
+use crate::turn::policy::Refusal;
+use crate::turn::stats::{AuthFailure, Drop, QuotaHit, Stats};
+use crate::turn::Transport;
+
+/// Registers metric descriptions (once per process).
+pub fn describe() {
+    metrics::describe_gauge!(
+        "meridian_turn_allocations",
+        "Active TURN allocations, per worker"
+    );
+    metrics::describe_gauge!(
+        "meridian_turn_permissions",
+        "Active permissions, per worker"
+    );
+    metrics::describe_gauge!(
+        "meridian_turn_channels",
+        "Active channel bindings, per worker"
+    );
+    metrics::describe_gauge!(
+        "meridian_turn_stream_connections",
+        "Open TCP/TLS client connections, per worker"
+    );
+    metrics::describe_gauge!(
+        "meridian_worker_busy_ratio",
+        "Share of wall time a worker spent processing packets"
+    );
+    metrics::describe_counter!(
+        "meridian_turn_packets_total",
+        "Relayed packets by direction (to_peer, to_client)"
+    );
+    metrics::describe_counter!(
+        "meridian_turn_bytes_total",
+        "Relayed payload bytes by direction"
+    );
+    metrics::describe_counter!(
+        "meridian_turn_channel_data_total",
+        "Relayed packets that used ChannelData, by direction"
+    );
+    metrics::describe_counter!(
+        "meridian_turn_requests_total",
+        "STUN/TURN requests answered, by method and response code"
+    );
+    metrics::describe_counter!(
+        "meridian_turn_auth_failures_total",
+        "Authentication failures by reason"
+    );
+    metrics::describe_counter!(
+        "meridian_turn_refused_peers_total",
+        "Peer addresses refused by the relay policy, by reason"
+    );
+    metrics::describe_counter!(
+        "meridian_turn_quota_hits_total",
+        "Requests or packets refused by a quota"
+    );
+    metrics::describe_counter!(
+        "meridian_turn_dropped_total",
+        "Messages dropped without an answer, by reason"
+    );
+    metrics::describe_counter!(
+        "meridian_turn_send_dropped_total",
+        "Packets dropped because a socket or connection queue was full"
+    );
+    metrics::describe_counter!(
+        "meridian_turn_tls_handshake_failures_total",
+        "Failed or timed-out TLS handshakes"
+    );
+    metrics::describe_gauge!(
+        "meridian_ready",
+        "1 when the node accepts new allocations, 0 while starting or draining"
+    );
+}
+
+pub struct WorkerMetrics {
+    worker: String,
+    last: Stats,
+}
+
+impl WorkerMetrics {
+    pub fn new(id: usize) -> Self {
+        WorkerMetrics {
+            worker: id.to_string(),
+            last: Stats::default(),
+        }
+    }
+
+    pub fn send_dropped(&mut self, transport: Transport) {
+        counter!("meridian_turn_send_dropped_total", "transport" => transport.as_str())
+            .increment(1);
+    }
+
+    pub fn tls_handshake_failed(&mut self) {
+        counter!("meridian_turn_tls_handshake_failures_total").increment(1);
+    }
+
+    pub fn flush(
+        &mut self,
+        s: &Stats,
+        (allocs, perms, chans): (usize, usize, usize),
+        streams: usize,
+        busy: f64,
+    ) {
+        let w = self.worker.clone();
+        gauge!("meridian_turn_allocations", "worker" => w.clone()).set(allocs as f64);
+        gauge!("meridian_turn_permissions", "worker" => w.clone()).set(perms as f64);
+        gauge!("meridian_turn_channels", "worker" => w.clone()).set(chans as f64);
+        gauge!("meridian_turn_stream_connections", "worker" => w.clone()).set(streams as f64);
+        gauge!("meridian_worker_busy_ratio", "worker" => w).set(busy);
+        let l = &self.last;
+        counter!("meridian_turn_packets_total", "direction" => "to_peer")
+            .increment(s.packets_to_peer - l.packets_to_peer);
+        counter!("meridian_turn_packets_total", "direction" => "to_client")
+            .increment(s.packets_to_client - l.packets_to_client);
+        counter!("meridian_turn_bytes_total", "direction" => "to_peer")
+            .increment(s.bytes_to_peer - l.bytes_to_peer);
+        counter!("meridian_turn_bytes_total", "direction" => "to_client")
+            .increment(s.bytes_to_client - l.bytes_to_client);
+        counter!("meridian_turn_channel_data_total", "direction" => "to_peer")
+            .increment(s.channel_data_to_peer - l.channel_data_to_peer);
+        counter!("meridian_turn_channel_data_total", "direction" => "to_client")
+            .increment(s.channel_data_to_client - l.channel_data_to_client);
+        for ((method, code), n) in &s.requests {
+            let before = l
+                .requests
+                .iter()
+                .find(|(k, _)| k == &(*method, *code))
+                .map_or(0, |(_, n)| *n);
+            if *n > before {
+                counter!("meridian_turn_requests_total", "method" => *method, "code" => code.to_string()).increment(n - before);
+            }
+        }
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            let d = s.refused_peers[i] - l.refused_peers[i];
+            if d > 0 {
+                counter!("meridian_turn_refused_peers_total", "reason" => r.as_str()).increment(d);
+            }
+        }
+        for (i, a) in AuthFailure::ALL.iter().enumerate() {
+            let d = s.auth_failures[i] - l.auth_failures[i];
+            if d > 0 {
+                counter!("meridian_turn_auth_failures_total", "reason" => a.as_str()).increment(d);
+            }
+        }
+        for (i, q) in QuotaHit::ALL.iter().enumerate() {
+            let d = s.quota_hits[i] - l.quota_hits[i];
+            if d > 0 {
+                counter!("meridian_turn_quota_hits_total", "quota" => q.as_str()).increment(d);
+            }
+        }
+        for (i, r) in Drop::ALL.iter().enumerate() {
+            let d = s.dropped[i] - l.dropped[i];
+            if d > 0 {
+                counter!("meridian_turn_dropped_total", "reason" => r.as_str()).increment(d);
+            }
+        }
+        self.last = s.clone();
+    }
+}

@@ -1,0 +1,18 @@
+//! The I/O drivers around the sans-IO TURN core: sockets, timers, threads, admin HTTP.
+//!
+//! A node runs one worker thread per core. Each worker owns a TURN [`Server`] core, its own
+//! `SO_REUSEPORT` UDP and TCP listener sockets (the kernel spreads clients across workers by
+//! their 4-tuple), the relay sockets of its allocations, and its TCP/TLS connections: nothing
+//! on the per-packet path is shared between workers.
+//!
+//! [`Server`]: crate::turn::Server
+
+mod admin;
+mod metrics;
+mod node;
+mod sockets;
+mod stream;
+mod tls;
+mod worker;
+
+pub use node::{run, RunOptions};

@@ -1,0 +1,351 @@
+//! A whole node: binds listeners, starts workers and the admin listener, handles signals
+//! (SIGTERM/SIGINT drain, SIGHUP reloads TLS), and writes the ready file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use meridian_config::Config;
+use tokio::sync::mpsc;
+
+use super::tls::ReloadableTls;
+use super::worker::{self, Control, RelayBinding, WorkerSetup};
+use super::{admin, metrics, sockets};
+use crate::turn::auth::{Credentials, NonceIssuer};
+use crate::turn::policy::PeerPolicy;
+use crate::turn::quota::AllocationLedger;
+use crate::turn::{Clock, Server, ServerConfig, Shared};
+
+/// How the node is run, beyond its configuration.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Where to write the bound addresses (JSON) once every listener is up.
+    pub ready_file: Option<PathBuf>,
+}
+
+/// What failed while starting the node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot listen on {transport} {addr}: {source}")]
+    Listen {
+        transport: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("cannot write ready file {path}: {source}")]
+    ReadyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The addresses a running node listens on.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+impl Bound {
+    fn to_json(&self) -> String {
+        let list = |v: &[SocketAddr]| {
+            v.iter()
+                .map(|a| format!("\"{a}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        format!(
+            "{{\"turn_udp\":[{}],\"turn_tcp\":[{}],\"turn_tls\":[{}],\"admin\":\"{}\",\"pid\":{}}}\n",
+            list(&self.udp),
+            list(&self.tcp),
+            list(&self.tls),
+            self.admin,
+            std::process::id()
+        )
+    }
+}
+
+/// Runs a node until it is told to stop (SIGTERM/SIGINT), then drains and returns.
+pub fn run(config: Config, opts: RunOptions) -> Result<(), NodeError> {
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| NodeError::Metrics(e.to_string()))?;
+    metrics::describe();
+    let workers = config.worker_count();
+    let t = &config.turn;
+
+    let mut udp_sets = Vec::new();
+    for addr in &t.udp {
+        let set = sockets::reuseport_udp(*addr, workers).map_err(|source| NodeError::Listen {
+            transport: "UDP",
+            addr: *addr,
+            source,
+        })?;
+        udp_sets.push(set);
+    }
+    let mut tcp_sets = Vec::new();
+    for addr in &t.tcp {
+        let set = sockets::reuseport_tcp(*addr, workers).map_err(|source| NodeError::Listen {
+            transport: "TCP",
+            addr: *addr,
+            source,
+        })?;
+        tcp_sets.push(set);
+    }
+    let mut tls_sets = Vec::new();
+    let tls = if t.tls.is_empty() {
+        None
+    } else {
+        let (Some(cert), Some(key)) = (&t.tls_cert, &t.tls_key) else {
+            return Err(NodeError::Tls(
+                "TLS listeners need turn.tls_cert and turn.tls_key".into(),
+            ));
+        };
+        for addr in &t.tls {
+            let set =
+                sockets::reuseport_tcp(*addr, workers).map_err(|source| NodeError::Listen {
+                    transport: "TLS",
+                    addr: *addr,
+                    source,
+                })?;
+            tls_sets.push(set);
+        }
+        Some(ReloadableTls::load(cert, key).map_err(NodeError::Tls)?)
+    };
+    let local = |s: &std::net::UdpSocket| s.local_addr().ok();
+    let bound_udp: Vec<SocketAddr> = udp_sets
+        .iter()
+        .filter_map(|s| s.first().and_then(local))
+        .collect();
+    let bound_tcp: Vec<SocketAddr> = tcp_sets
+        .iter()
+        .filter_map(|s| s.first().and_then(|l| l.local_addr().ok()))
+        .collect();
+    let bound_tls: Vec<SocketAddr> = tls_sets
+        .iter()
+        .filter_map(|s| s.first().and_then(|l| l.local_addr().ok()))
+        .collect();
+
+    let relay = RelayBinding {
+        v4: t
+            .relay_ipv4
+            .map(|ip| (IpAddr::V4(ip), IpAddr::V4(t.external_ipv4.unwrap_or(ip)))),
+        v6: t
+            .relay_ipv6
+            .map(|ip| (IpAddr::V6(ip), IpAddr::V6(t.external_ipv6.unwrap_or(ip)))),
+        port_min: t.relay_port_min,
+        port_max: t.relay_port_max,
+    };
+    let shared = Shared {
+        credentials: Arc::new(Credentials::new(
+            config
+                .auth
+                .users
+                .iter()
+                .map(|u| (u.username.clone(), u.password.clone())),
+            config.auth.rest_secrets.iter().cloned(),
+        )),
+        policy: Arc::new(PeerPolicy::new(
+            config.security.allow_peers.clone(),
+            config.security.deny_peers.clone(),
+            own_addresses(&config, &bound_udp, &bound_tcp, &bound_tls),
+        )),
+        ledger: Arc::new(AllocationLedger::new(
+            config.limits.max_allocations,
+            config.limits.max_allocations_per_user,
+        )),
+        nonces: Arc::new(NonceIssuer::new(
+            rand::random(),
+            t.nonce_lifetime_secs as u64,
+        )),
+    };
+    let server_cfg = ServerConfig {
+        realm: t.realm.clone(),
+        software: t
+            .software
+            .then(|| concat!("meridian/", env!("CARGO_PKG_VERSION")).to_string()),
+        ipv4: relay.v4.is_some(),
+        ipv6: relay.v6.is_some(),
+        default_lifetime_secs: t.default_lifetime_secs,
+        max_lifetime_secs: t.max_lifetime_secs,
+        alternate_server: t.alternate_server,
+        max_permissions: config.limits.max_permissions_per_allocation,
+        max_channels: config.limits.max_channels_per_allocation,
+        bandwidth_bytes_per_sec: config.limits.allocation_bandwidth_kbps * 1000 / 8,
+        unauthenticated_rate: config.limits.unauthenticated_rate,
+        unauthenticated_burst: config.limits.unauthenticated_burst,
+    };
+    let clock = Clock {
+        start: Instant::now(),
+        unix_at_start: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+
+    let mut controls = Vec::new();
+    let mut threads = Vec::new();
+    for id in 0..workers {
+        let (tx, rx) = mpsc::unbounded_channel();
+        controls.push(tx);
+        let setup = WorkerSetup {
+            id,
+            udp: take_one(&mut udp_sets),
+            tcp: take_one(&mut tcp_sets),
+            tls: take_one(&mut tls_sets),
+            tls_config: tls.clone(),
+            server: Server::new(server_cfg.clone(), shared.clone(), clock)
+                .with_relay_id_base((id as u64) << 48),
+            relay,
+            control: rx,
+        };
+        threads.push(worker::spawn(setup)?);
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let result = rt.block_on(async {
+        let admin_listener = tokio::net::TcpListener::bind(config.admin.listen).await.map_err(|source| NodeError::Listen { transport: "admin HTTP", addr: config.admin.listen, source })?;
+        let admin_addr = admin_listener.local_addr()?;
+        let app = admin::router(prometheus.clone(), ready.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin_listener, app).await {
+                tracing::error!("admin listener failed: {e}");
+            }
+        });
+        let bound = Bound { udp: bound_udp, tcp: bound_tcp, tls: bound_tls, admin: admin_addr };
+        if let Some(path) = &opts.ready_file {
+            write_ready_file(path, &bound.to_json()).map_err(|source| NodeError::ReadyFile { path: path.clone(), source })?;
+        }
+        ready.store(true, Ordering::Relaxed);
+        ::metrics::gauge!("meridian_ready").set(1.0);
+        tracing::info!(workers, udp = ?bound.udp, tcp = ?bound.tcp, tls = ?bound.tls, admin = %bound.admin, "meridian node ready");
+        wait_for_stop(&tls).await;
+        ready.store(false, Ordering::Relaxed);
+        ::metrics::gauge!("meridian_ready").set(0.0);
+        for c in &controls {
+            let _ = c.send(Control::Drain);
+        }
+        drain(&shared.ledger, Duration::from_secs(config.drain.deadline_secs)).await;
+        Ok(())
+    });
+    for c in &controls {
+        let _ = c.send(Control::Stop);
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    tracing::info!("meridian node stopped");
+    result
+}
+
+/// Waits for SIGTERM or SIGINT; reloads the TLS certificate on SIGHUP meanwhile.
+async fn wait_for_stop(tls: &Option<ReloadableTls>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: draining"); return; }
+            _ = int.recv() => { tracing::info!("SIGINT: draining"); return; }
+            _ = hup.recv() => match tls {
+                Some(t) => match t.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => tracing::error!("SIGHUP: TLS reload failed, keeping the previous certificate: {e}"),
+                },
+                None => tracing::info!("SIGHUP: nothing to reload (no TLS listener)"),
+            },
+        }
+    }
+}
+
+/// Lets existing allocations run until they end or the deadline passes. A second SIGTERM or
+/// SIGINT ends the drain at once.
+async fn drain(ledger: &AllocationLedger, deadline: Duration) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let end = tokio::time::Instant::now() + deadline;
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    loop {
+        let left = ledger.total();
+        if left == 0 {
+            tracing::info!("drained: no allocations left");
+            return;
+        }
+        if tokio::time::Instant::now() >= end {
+            tracing::info!(allocations = left, "drain deadline reached");
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => { tracing::info!("second signal: stopping now"); return; }
+            _ = async { match int.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => { tracing::info!("second signal: stopping now"); return; }
+        }
+    }
+}
+
+/// One socket of each listener set, for one worker.
+fn take_one<T>(sets: &mut [Vec<T>]) -> Vec<T> {
+    sets.iter_mut().filter_map(Vec::pop).collect()
+}
+
+fn write_ready_file(path: &std::path::Path, json: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Addresses of this node that peers must not name (unless allow-listed): concrete listener
+/// and relay addresses, advertised addresses, and every interface address.
+fn own_addresses(
+    config: &Config,
+    udp: &[SocketAddr],
+    tcp: &[SocketAddr],
+    tls: &[SocketAddr],
+) -> Vec<IpAddr> {
+    let t = &config.turn;
+    let mut own: Vec<IpAddr> = udp
+        .iter()
+        .chain(tcp)
+        .chain(tls)
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    own.extend(
+        t.relay_ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(t.relay_ipv6.map(IpAddr::V6))
+            .filter(|ip| !ip.is_unspecified()),
+    );
+    own.extend(
+        t.external_ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(t.external_ipv6.map(IpAddr::V6)),
+    );
+    if let Ok(ifs) = if_addrs::get_if_addrs() {
+        own.extend(ifs.into_iter().map(|i| i.ip()));
+    }
+    own.sort();
+    own.dedup();
+    own
+}
