@@ -70,7 +70,7 @@ enum Command {
 enum Bench {
     /// TURN load: C clients allocate, bind a channel to an echo peer and relay ChannelData;
     /// reports rates, loss, RTT and the server's CPU per packet. See bench/README.md.
-    Turn(meridian_bench::turn::TurnArgs),
+    Turn(Box<meridian_bench::turn::TurnArgs>),
 }
 
 fn main() -> ExitCode {
@@ -111,7 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", credential_text(&cfg, &user, ttl, host.as_deref())?);
             Ok(())
         }
-        Command::Bench(Bench::Turn(args)) => meridian_bench::turn::run(args),
+        Command::Bench(Bench::Turn(args)) => meridian_bench::turn::run(*args),
     }
 }
 

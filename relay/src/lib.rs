@@ -5,4 +5,5 @@
 
 pub mod stun;
 pub mod turn;
+#[cfg(feature = "net")]
 pub mod net;

@@ -175,12 +175,14 @@ async fn udp_listener_loop(w: Rc<Worker>, i: usize) {
             return;
         }
         loop {
-            let mut iovs: Vec<IoSliceMut<'_>> =
-                storage.chunks_mut(SLOT).map(IoSliceMut::new).collect();
-            let res = l.sock.try_io(Interest::READABLE, || {
-                l.state.recv((&l.sock).into(), &mut iovs, &mut metas)
-            });
-            drop(iovs);
+            let res = {
+                let mut chunks = storage.chunks_mut(SLOT);
+                let mut iovs: [IoSliceMut<'_>; BATCH] =
+                    std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+                l.sock.try_io(Interest::READABLE, || {
+                    l.state.recv((&l.sock).into(), &mut iovs, &mut metas)
+                })
+            };
             let n = match res {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,

@@ -78,7 +78,7 @@ impl<'a> Message<'a> {
         if cookie != MAGIC_COOKIE {
             return Err(DecodeError::BadCookie(cookie));
         }
-        if len % 4 != 0 {
+        if !len.is_multiple_of(4) {
             return Err(DecodeError::UnalignedLength(len));
         }
         if HEADER_LEN + len > buf.len() {
@@ -131,7 +131,7 @@ impl<'a> Message<'a> {
                     msg.content_end = msg.content_end.min(off);
                 }
                 attr::MESSAGE_INTEGRITY_SHA256 if msg.integrity_sha256.is_none() => {
-                    if !(16..=32).contains(&alen) || alen % 4 != 0 {
+                    if !(16..=32).contains(&alen) || !alen.is_multiple_of(4) {
                         return Err(DecodeError::IntegritySha256Length(alen));
                     }
                     msg.integrity_sha256 = Some(off);

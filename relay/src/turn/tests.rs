@@ -284,7 +284,7 @@ impl Harness {
     }
 
     /// Peer data arriving on a relay, as the driver would hand it over.
-    fn from_peer(
+    fn peer_sends(
         &mut self,
         relay: RelayId,
         peer: SocketAddr,
@@ -601,7 +601,7 @@ fn channel_data_flows_both_ways() {
             payload: b"hello peer"
         }
     );
-    let (to, bytes) = h.from_peer(relay, peer(), b"hi client").unwrap();
+    let (to, bytes) = h.peer_sends(relay, peer(), b"hi client").unwrap();
     assert_eq!(to, c);
     assert_eq!(bytes, channel_data(0x4001, b"hi client"));
     assert_eq!(h.server.stats.channel_data_to_peer, 1);
@@ -615,7 +615,7 @@ fn channel_data_to_stream_clients_is_padded() {
     h.allocate(c, &alice());
     h.bind_channel(c, 0x4001, peer());
     let relay = h.relay_of(c);
-    let (_, bytes) = h.from_peer(relay, peer(), b"abcde").unwrap();
+    let (_, bytes) = h.peer_sends(relay, peer(), b"abcde").unwrap();
     assert_eq!(bytes.len(), 4 + 8);
     assert_eq!(&bytes[..9], &channel_data(0x4001, b"abcde")[..]);
     assert_eq!(&bytes[9..], &[0, 0, 0]);
@@ -639,7 +639,7 @@ fn send_and_data_indications_need_a_permission() {
     let m = send(b"no permission yet");
     assert!(h.server.handle_client_packet(c, &m, h.now).is_none());
     assert_eq!(h.server.stats.dropped(Drop::NoPermission), 1);
-    assert!(h.from_peer(relay, peer(), b"unsolicited").is_none());
+    assert!(h.peer_sends(relay, peer(), b"unsolicited").is_none());
     assert_eq!(h.server.stats.dropped(Drop::NoPermission), 2);
 
     assert_eq!(h.permit(c, peer()).code(), 200);
@@ -649,7 +649,7 @@ fn send_and_data_indications_need_a_permission() {
     assert_eq!(fwd.peer, peer());
     // Any port of the permitted IP may answer; without a channel it arrives as a Data indication.
     let other_port: SocketAddr = "8.8.8.8:9999".parse().unwrap();
-    let (to, bytes) = h.from_peer(relay, other_port, b"odd").unwrap();
+    let (to, bytes) = h.peer_sends(relay, other_port, b"odd").unwrap();
     assert_eq!(to, c);
     let d = Message::parse(&bytes).unwrap();
     assert_eq!(
@@ -793,7 +793,7 @@ fn permissions_and_channels_expire() {
     let relay = h.relay_of(c);
     h.advance(Duration::from_secs(301));
     // The permission lapsed (5 min) though the channel (10 min) has not.
-    assert!(h.from_peer(relay, peer(), b"x").is_none());
+    assert!(h.peer_sends(relay, peer(), b"x").is_none());
     assert!(h
         .server
         .handle_client_packet(c, &channel_data(0x4001, b"x"), h.now)
