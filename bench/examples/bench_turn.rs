@@ -4,7 +4,10 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "bench_turn", about = "TURN load generator (meridian bench turn)")]
+#[command(
+    name = "bench_turn",
+    about = "TURN load generator (meridian bench turn)"
+)]
 struct Cli {
     #[command(flatten)]
     args: meridian_bench::turn::TurnArgs,

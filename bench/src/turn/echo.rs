@@ -64,7 +64,7 @@ impl EchoPeer {
 
 fn echo_loop(sock: std::net::UdpSocket, stop: &AtomicBool, echoed: &AtomicU64) {
     let fd = sock.as_raw_fd();
-    let mut b = Batch::new(64, 65536.min(16 * 1024));
+    let mut b = Batch::new(64, 16 * 1024);
     while !stop.load(Ordering::Relaxed) {
         match b.recv(fd, 0, 64, 0) {
             Ok(0) => {

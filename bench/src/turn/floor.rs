@@ -35,7 +35,12 @@ pub struct Floor {
 impl Floor {
     /// Starts the forwarder towards `peer` (the echo peer) on its own thread.
     pub fn start(peer: SocketAddrV4) -> io::Result<Self> {
-        let sock = udp_socket(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), false, true, 8 << 20)?;
+        let sock = udp_socket(
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+            false,
+            true,
+            8 << 20,
+        )?;
         let addr = match sock.local_addr()? {
             std::net::SocketAddr::V4(a) => a,
             _ => unreachable!("bound to IPv4"),
@@ -303,6 +308,13 @@ mod tests {
             }
         }
         assert_eq!(echo.echoed(), 15);
+        // The counter is bumped after the send that the client already saw: wait (bounded).
+        for _ in 0..100 {
+            if floor.forwarded() == 30 + 3 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(floor.forwarded(), 30 + 3);
         assert!(super::super::procfs::ProcTarget::OwnThread(floor.tid())
             .cpu_ns()

@@ -99,7 +99,14 @@ impl Batch {
     }
 
     /// Sets the datagram bounds, peer and local address of slot `i`.
-    pub fn set(&mut self, i: usize, off: usize, len: usize, peer: SocketAddrV4, local: Option<Ipv4Addr>) {
+    pub fn set(
+        &mut self,
+        i: usize,
+        off: usize,
+        len: usize,
+        peer: SocketAddrV4,
+        local: Option<Ipv4Addr>,
+    ) {
         debug_assert!(off + len <= self.slot);
         self.off[i] = off;
         self.len[i] = len;
@@ -138,7 +145,13 @@ impl Batch {
 
     /// Receives up to `max` datagrams into slots `start..`, each at offset `headroom` in its
     /// slot. Non-blocking: returns Ok(0) when nothing is queued.
-    pub fn recv(&mut self, fd: RawFd, start: usize, max: usize, headroom: usize) -> io::Result<usize> {
+    pub fn recv(
+        &mut self,
+        fd: RawFd,
+        start: usize,
+        max: usize,
+        headroom: usize,
+    ) -> io::Result<usize> {
         let n = max.min(self.cap - start);
         if n == 0 {
             return Ok(0);
@@ -285,8 +298,7 @@ fn pktinfo_dst(h: &libc::msghdr) -> Option<u32> {
         let mut c = libc::CMSG_FIRSTHDR(h);
         while !c.is_null() {
             if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
-                let info =
-                    std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
+                let info = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
                 return Some(u32::from_be(info.ipi_addr.s_addr));
             }
             c = libc::CMSG_NXTHDR(h, c);
@@ -309,7 +321,12 @@ pub fn poll_one(fd: RawFd, events: i16, timeout_ms: i32) -> bool {
 
 /// A UDP socket bound to `bind` with large buffers; `pktinfo` enables IP_PKTINFO,
 /// `nonblocking` sets O_NONBLOCK.
-pub fn udp_socket(bind: SocketAddrV4, pktinfo: bool, nonblocking: bool, buf_bytes: usize) -> io::Result<std::net::UdpSocket> {
+pub fn udp_socket(
+    bind: SocketAddrV4,
+    pktinfo: bool,
+    nonblocking: bool,
+    buf_bytes: usize,
+) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     set_buffers(&s, buf_bytes);
@@ -386,7 +403,13 @@ mod tests {
         let mut out = Batch::new(8, 256);
         for i in 0..4u8 {
             out.slot_mut(i as usize)[..3].copy_from_slice(&[1, 2, i]);
-            out.set(i as usize, 0, 3, srv_addr, Some(Ipv4Addr::new(127, 9, 0, 1 + i)));
+            out.set(
+                i as usize,
+                0,
+                3,
+                srv_addr,
+                Some(Ipv4Addr::new(127, 9, 0, 1 + i)),
+            );
         }
         assert_eq!(out.send(cli.as_raw_fd(), 0, 4).unwrap(), 4);
         // Echo everything back with a blocking-then-batched receive on the server.

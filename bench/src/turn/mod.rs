@@ -387,9 +387,9 @@ fn start_target(args: &TurnArgs, kind: TargetKind, echo: &EchoPeer) -> Result<Ru
         Ok(match args.transport {
             Transport::Udp => g.udp,
             Transport::Tcp => g.tcp.context("the server has no TCP listener")?,
-            Transport::Tls => g
-                .tls
-                .context("the server the bench started has no TLS listener (use --server for TLS)")?,
+            Transport::Tls => g.tls.context(
+                "the server the bench started has no TLS listener (use --server for TLS)",
+            )?,
         })
     };
     match kind {
@@ -424,7 +424,11 @@ fn start_target(args: &TurnArgs, kind: TargetKind, echo: &EchoPeer) -> Result<Ru
             })
         }
         TargetKind::Coturn => {
-            let g = servers::start_coturn(&args.server_auth(), args.relay_range()?, args.coturn_threads)?;
+            let g = servers::start_coturn(
+                &args.server_auth(),
+                args.relay_range()?,
+                args.coturn_threads,
+            )?;
             let addr = pick(&g)?;
             Ok(Running {
                 addr,
@@ -440,7 +444,12 @@ fn start_target(args: &TurnArgs, kind: TargetKind, echo: &EchoPeer) -> Result<Ru
                 Some(b) => b.clone(),
                 None => std::env::current_exe().context("locating the meridian executable")?,
             };
-            let g = servers::start_meridian(&bin, &args.server_auth(), args.relay_range()?, args.workers)?;
+            let g = servers::start_meridian(
+                &bin,
+                &args.server_auth(),
+                args.relay_range()?,
+                args.workers,
+            )?;
             let addr = pick(&g)?;
             Ok(Running {
                 addr,
@@ -555,13 +564,17 @@ fn with_progress<T>(
     let handle = std::thread::spawn(move || {
         let bar = indicatif::ProgressBar::new(total_ms);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{elapsed_precise}] {wide_bar} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar.set_prefix(label);
         let t0 = Instant::now();
         // Bounded: stops with the phase, or after ten times the expected time.
-        while !s.load(Ordering::Relaxed) && t0.elapsed().as_millis() < (total_ms as u128) * 10 + 600_000 {
+        while !s.load(Ordering::Relaxed)
+            && t0.elapsed().as_millis() < (total_ms as u128) * 10 + 600_000
+        {
             bar.set_position((t0.elapsed().as_millis() as u64).min(total_ms));
             bar.set_message(format!(
                 "ready {} failed {} sent {} received {}",
@@ -605,7 +618,11 @@ impl Load {
                 let per = args.clients / threads as u32;
                 let mut first = 0;
                 for k in 0..threads as u32 {
-                    let n = if k + 1 == threads as u32 { args.clients - first } else { per };
+                    let n = if k + 1 == threads as u32 {
+                        args.clients - first
+                    } else {
+                        per
+                    };
                     shards.push(UdpShard::new(cfg.clone(), &creds, first, n)?);
                     first += n;
                 }
@@ -670,7 +687,12 @@ impl Load {
         }
     }
 
-    fn data(&mut self, args: &TurnArgs, rate: u64, progress: &Arc<Progress>) -> (Tally, PhaseResult) {
+    fn data(
+        &mut self,
+        args: &TurnArgs,
+        rate: u64,
+        progress: &Arc<Progress>,
+    ) -> (Tally, PhaseResult) {
         let duration = Duration::from_secs_f64(args.duration);
         let drain = Duration::from_secs_f64(args.drain.clamp(0.0, 60.0));
         // Permissions live 300 s and are refreshed by ChannelBind; allocations 600 s by
@@ -705,7 +727,8 @@ impl Load {
                     maint_every,
                 };
                 let cs = std::mem::take(clients);
-                let (back, t, r) = rt.block_on(stream::data(cfg.clone(), cs, plan, progress.clone()));
+                let (back, t, r) =
+                    rt.block_on(stream::data(cfg.clone(), cs, plan, progress.clone()));
                 *clients = back;
                 (t, r)
             }
@@ -861,9 +884,30 @@ mod tests {
             a: TurnArgs,
         }
         let c = Cli::try_parse_from([
-            "x", "--server", "127.0.0.1:3478", "--transport", "tcp", "-c", "10", "--rate", "0",
-            "--size", "100", "--duration", "1.5", "--user", "u", "--password", "p", "--json",
-            "--target", "floor", "--target", "coturn", "--server-pid", "7",
+            "x",
+            "--server",
+            "127.0.0.1:3478",
+            "--transport",
+            "tcp",
+            "-c",
+            "10",
+            "--rate",
+            "0",
+            "--size",
+            "100",
+            "--duration",
+            "1.5",
+            "--user",
+            "u",
+            "--password",
+            "p",
+            "--json",
+            "--target",
+            "floor",
+            "--target",
+            "coturn",
+            "--server-pid",
+            "7",
         ])
         .unwrap();
         assert_eq!(c.a.transport, Transport::Tcp);
@@ -872,16 +916,25 @@ mod tests {
             c.a.target_list().unwrap(),
             vec![TargetKind::External, TargetKind::Floor, TargetKind::Coturn]
         );
-        assert!(matches!(c.a.creds(TargetKind::External), Creds::LongTerm { .. }));
+        assert!(matches!(
+            c.a.creds(TargetKind::External),
+            Creds::LongTerm { .. }
+        ));
         let d = TurnArgs::defaults();
         assert!(d.target_list().is_err());
         assert!(matches!(d.creds(TargetKind::External), Creds::None));
-        assert!(matches!(d.creds(TargetKind::Coturn), Creds::LongTerm { .. }));
+        assert!(matches!(
+            d.creds(TargetKind::Coturn),
+            Creds::LongTerm { .. }
+        ));
         let mut cmp = TurnArgs::defaults();
         cmp.compare = true;
         cmp.secret = Some("s".into());
         assert_eq!(cmp.target_list().unwrap().len(), 3);
-        assert!(matches!(cmp.creds(TargetKind::Meridian), Creds::Rest { .. }));
+        assert!(matches!(
+            cmp.creds(TargetKind::Meridian),
+            Creds::Rest { .. }
+        ));
         assert_eq!(cmp.relay_range().unwrap(), (40000, 59999));
     }
 }

@@ -69,7 +69,9 @@ impl Tally {
     #[inline]
     pub fn echo(&mut self, stamp: &Stamp, now_ns: u64) {
         self.received += 1;
-        let rtt = now_ns.saturating_sub(stamp.sent_ns).clamp(1, 60_000_000_000);
+        let rtt = now_ns
+            .saturating_sub(stamp.sent_ns)
+            .clamp(1, 60_000_000_000);
         self.rtt_ns.saturating_record(rtt);
     }
 
@@ -127,8 +129,10 @@ mod tests {
 
     #[test]
     fn loss_and_rtt_accounting() {
-        let mut a = Tally::default();
-        a.sent = 1000;
+        let mut a = Tally {
+            sent: 1000,
+            ..Default::default()
+        };
         for i in 0..990u64 {
             let s = Stamp {
                 client: 0,
@@ -142,10 +146,16 @@ mod tests {
         assert_eq!(a.lost(), 10);
         assert!((a.loss_pct() - 1.0).abs() < 1e-9);
         assert!((a.rtt_us(0.5) - 100.0).abs() < 0.2, "{}", a.rtt_us(0.5));
-        assert!((a.rtt_us(0.999) - 5000.0).abs() < 5.0, "{}", a.rtt_us(0.999));
-        let mut b = Tally::default();
-        b.sent = 10;
-        b.received = 12; // duplicates
+        assert!(
+            (a.rtt_us(0.999) - 5000.0).abs() < 5.0,
+            "{}",
+            a.rtt_us(0.999)
+        );
+        let b = Tally {
+            sent: 10,
+            received: 12, // duplicates
+            ..Default::default()
+        };
         assert_eq!(b.lost(), 0);
         a.merge(&b);
         assert_eq!(a.sent, 1010);

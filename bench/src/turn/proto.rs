@@ -7,8 +7,8 @@ use std::time::Instant;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use meridian_relay::stun::{
-    attr, long_term_key, Class, LongTermKey, PasswordAlgorithm, Message, MessageBuilder,
-    MessageType, Method, TransactionId,
+    attr, long_term_key, Class, LongTermKey, Message, MessageBuilder, MessageType, Method,
+    PasswordAlgorithm, TransactionId,
 };
 
 /// The channel number every bench client binds (one channel per allocation).
@@ -49,7 +49,11 @@ impl Creds {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                Some(rest_credential(secret, &format!("bench{idx}"), now + ttl_secs))
+                Some(rest_credential(
+                    secret,
+                    &format!("bench{idx}"),
+                    now + ttl_secs,
+                ))
             }
         }
     }
@@ -343,7 +347,10 @@ mod tests {
         );
         let tid = s.pending.unwrap().tid;
         let mut b = MessageBuilder::new(MessageType::new(Method::ALLOCATE, Class::Success), tid);
-        b.xor_address(attr::XOR_RELAYED_ADDRESS, "127.0.0.1:50000".parse().unwrap());
+        b.xor_address(
+            attr::XOR_RELAYED_ADDRESS,
+            "127.0.0.1:50000".parse().unwrap(),
+        );
         b.u32(attr::LIFETIME, 300);
         let ok = b.finish();
         assert_eq!(

@@ -135,7 +135,11 @@ pub fn coturn_available() -> bool {
 }
 
 /// Starts coturn on 127.0.0.1 with loopback peers allowed, TCP+UDP, no TLS/DTLS, no CLI.
-pub fn start_coturn(auth: &ServerAuth, relay_ports: (u16, u16), threads: usize) -> Result<ServerGuard> {
+pub fn start_coturn(
+    auth: &ServerAuth,
+    relay_ports: (u16, u16),
+    threads: usize,
+) -> Result<ServerGuard> {
     if !coturn_available() {
         bail!("`turnserver` not found: install coturn (Debian: apt-get install -y coturn)");
     }
@@ -143,29 +147,45 @@ pub fn start_coturn(auth: &ServerAuth, relay_ports: (u16, u16), threads: usize) 
     let port = free_port()?;
     let log = dir.path().join("turnserver.log");
     let mut cmd = Command::new("turnserver");
-    cmd.args(["-n", "--no-cli", "--no-tls", "--no-dtls", "--allow-loopback-peers"])
-        .args(["--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
-        .arg(format!("--listening-port={port}"))
-        .arg(format!("--min-port={}", relay_ports.0))
-        .arg(format!("--max-port={}", relay_ports.1))
-        .args(["--realm", "meridian-bench", "--fingerprint"])
-        .args(["--total-quota=0", "--user-quota=0", "--max-bps=0"])
-        .args(["--no-multicast-peers", "--no-software-attribute", "--simple-log"])
-        .arg(format!("--log-file={}", log.display()))
-        .arg(format!("--pidfile={}", dir.path().join("turnserver.pid").display()));
+    cmd.args([
+        "-n",
+        "--no-cli",
+        "--no-tls",
+        "--no-dtls",
+        "--allow-loopback-peers",
+    ])
+    .args(["--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
+    .arg(format!("--listening-port={port}"))
+    .arg(format!("--min-port={}", relay_ports.0))
+    .arg(format!("--max-port={}", relay_ports.1))
+    .args(["--realm", "meridian-bench", "--fingerprint"])
+    .args(["--total-quota=0", "--user-quota=0", "--max-bps=0"])
+    .args([
+        "--no-multicast-peers",
+        "--no-software-attribute",
+        "--simple-log",
+    ])
+    .arg(format!("--log-file={}", log.display()))
+    .arg(format!(
+        "--pidfile={}",
+        dir.path().join("turnserver.pid").display()
+    ));
     if threads > 0 {
         cmd.arg(format!("--relay-threads={threads}"));
     }
     match auth {
         ServerAuth::LongTerm { user, pass } => {
-            cmd.arg("--lt-cred-mech").arg(format!("--user={user}:{pass}"));
+            cmd.arg("--lt-cred-mech")
+                .arg(format!("--user={user}:{pass}"));
         }
         ServerAuth::Rest { secret } => {
             cmd.arg("--use-auth-secret")
                 .arg(format!("--static-auth-secret={secret}"));
         }
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let child = cmd.spawn().context("spawning turnserver")?;
     let pid = child.id() as i32;
     let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
@@ -263,7 +283,12 @@ pub struct ReadyFile {
 }
 
 /// Starts `bin serve --config FILE --ready-file FILE` and waits (bounded) for the ready file.
-pub fn start_meridian(bin: &Path, auth: &ServerAuth, relay_ports: (u16, u16), workers: usize) -> Result<ServerGuard> {
+pub fn start_meridian(
+    bin: &Path,
+    auth: &ServerAuth,
+    relay_ports: (u16, u16),
+    workers: usize,
+) -> Result<ServerGuard> {
     let dir = TempDir::new("meridian")?;
     let config = dir.path().join("meridian.toml");
     let ready = dir.path().join("ready.json");
@@ -309,10 +334,16 @@ pub fn start_meridian(bin: &Path, auth: &ServerAuth, relay_ports: (u16, u16), wo
             }
         }
         if let Ok(Some(st)) = g.child.try_wait() {
-            bail!("meridian exited ({st}) before it was ready; log tail:\n{}", g.log_tail());
+            bail!(
+                "meridian exited ({st}) before it was ready; log tail:\n{}",
+                g.log_tail()
+            );
         }
         if Instant::now() >= deadline {
-            bail!("meridian wrote no ready file within 20 s; log tail:\n{}", g.log_tail());
+            bail!(
+                "meridian wrote no ready file within 20 s; log tail:\n{}",
+                g.log_tail()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -335,7 +366,10 @@ mod tests {
             (40000, 49999),
             2,
         );
-        assert!(c.contains(r#"users = [{ username = "be\"nch", password = "p\\w" }]"#), "{c}");
+        assert!(
+            c.contains(r#"users = [{ username = "be\"nch", password = "p\\w" }]"#),
+            "{c}"
+        );
         assert!(c.contains("relay_port_min = 40000"));
         assert!(c.contains("workers = 2"));
         assert!(c.contains(r#"allow_peers = ["127.0.0.0/8"]"#));

@@ -26,7 +26,10 @@ type Io = Pin<Box<dyn Conn>>;
 #[derive(Clone)]
 pub struct StreamCfg {
     pub target: SocketAddr,
-    pub tls: Option<(tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>)>,
+    pub tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    )>,
     pub peers: Vec<std::net::SocketAddrV4>,
     pub size: usize,
     pub epoch: Instant,
@@ -76,8 +79,7 @@ impl Framer {
                     self.buf.resize(n.next_power_of_two(), 0);
                 }
             }
-            if self.start > 0 && (self.end == self.buf.len() || self.start > self.buf.len() / 2)
-            {
+            if self.start > 0 && (self.end == self.buf.len() || self.start > self.buf.len() / 2) {
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;
@@ -130,9 +132,12 @@ async fn connect(cfg: &StreamCfg, idx: u32) -> io::Result<Io> {
     match &cfg.tls {
         None => Ok(Box::pin(tcp)),
         Some((conn, name)) => {
-            let tls = tokio::time::timeout(Duration::from_secs(10), conn.connect(name.clone(), tcp))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+            let tls =
+                tokio::time::timeout(Duration::from_secs(10), conn.connect(name.clone(), tcp))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                    })??;
             Ok(Box::pin(tls))
         }
     }
@@ -148,7 +153,9 @@ async fn transaction(
     let mut kind = kind;
     for _ in 0..8 {
         let req = c.sig.request(kind, peer, Instant::now());
-        c.wr.write_all(&req).await.map_err(|e| format!("write: {e}"))?;
+        c.wr.write_all(&req)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
         let deadline = tokio::time::Instant::now() + timeout;
         let outcome = loop {
             let n = tokio::time::timeout_at(deadline, c.framer.next(&mut c.rd))
@@ -195,7 +202,9 @@ pub async fn setup(
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore open");
             let r = async {
-                let io = connect(&cfg, idx).await.map_err(|e| format!("connect: {e}"))?;
+                let io = connect(&cfg, idx)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
                 let (rd, wr) = tokio::io::split(io);
                 let mut c = StreamClient {
                     idx,
@@ -204,8 +213,13 @@ pub async fn setup(
                     framer: Framer::new(),
                     sig: Signal::new(cfg.creds.for_client(idx)),
                 };
-                transaction(&mut c, Kind::Alloc, peer_for(&cfg, idx), Duration::from_secs(10))
-                    .await?;
+                transaction(
+                    &mut c,
+                    Kind::Alloc,
+                    peer_for(&cfg, idx),
+                    Duration::from_secs(10),
+                )
+                .await?;
                 Ok::<_, String>(c)
             }
             .await;
@@ -266,8 +280,12 @@ pub async fn data(
     let end = start + plan.duration;
     let mut tasks = tokio::task::JoinSet::new();
     for c in clients {
-        let (cfg, tallies, errors, progress) =
-            (cfg.clone(), tallies.clone(), errors.clone(), progress.clone());
+        let (cfg, tallies, errors, progress) = (
+            cfg.clone(),
+            tallies.clone(),
+            errors.clone(),
+            progress.clone(),
+        );
         tasks.spawn(async move {
             let StreamClient {
                 idx,
@@ -432,7 +450,11 @@ fn plan_size(cfg: &StreamCfg) -> usize {
 }
 
 /// Releases every allocation (Refresh LIFETIME=0) and closes the connections.
-pub async fn teardown(cfg: Arc<StreamCfg>, clients: Vec<StreamClient>, window: usize) -> PhaseResult {
+pub async fn teardown(
+    cfg: Arc<StreamCfg>,
+    clients: Vec<StreamClient>,
+    window: usize,
+) -> PhaseResult {
     let sem = Arc::new(Semaphore::new(window.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for mut c in clients {

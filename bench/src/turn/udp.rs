@@ -234,10 +234,7 @@ impl UdpShard {
     fn receive(&mut self, batches: usize, progress: &Progress) -> usize {
         let mut total = 0;
         for _ in 0..batches {
-            let n = match self.inb.recv(self.fd, 0, BATCH, 0) {
-                Ok(n) => n,
-                Err(_) => 0,
-            };
+            let n = self.inb.recv(self.fd, 0, BATCH, 0).unwrap_or_default();
             if n == 0 {
                 break;
             }
@@ -433,7 +430,12 @@ impl UdpShard {
     }
 
     /// Releases the allocations (Refresh LIFETIME=0). No-op for the floor.
-    pub fn teardown(&mut self, window: usize, deadline: Instant, progress: &Progress) -> PhaseResult {
+    pub fn teardown(
+        &mut self,
+        window: usize,
+        deadline: Instant,
+        progress: &Progress,
+    ) -> PhaseResult {
         if self.cfg.mode == Mode::Floor {
             return PhaseResult::default();
         }
@@ -531,8 +533,7 @@ impl UdpShard {
                     let li = ready[maint_cursor];
                     maint_cursor = (maint_cursor + 1) % ready.len();
                     let c = &self.clients[li as usize];
-                    if c.sig.pending.is_none() && now.duration_since(c.last_maint) >= maint_every
-                    {
+                    if c.sig.pending.is_none() && now.duration_since(c.last_maint) >= maint_every {
                         self.clients[li as usize].last_maint = now;
                         self.start(li, Kind::Refresh, now);
                     }
