@@ -27,7 +27,7 @@ pub fn describe() {
     );
     metrics::describe_gauge!(
         "meridian_worker_busy_ratio",
-        "Share of wall time a worker spent processing packets"
+        "Share of wall time a worker thread was on a CPU (user + system), per second"
     );
     metrics::describe_counter!(
         "meridian_turn_packets_total",
@@ -91,6 +91,15 @@ impl WorkerMetrics {
     pub fn send_dropped(&mut self, transport: Transport) {
         counter!("meridian_turn_send_dropped_total", "transport" => transport.as_str())
             .increment(1);
+    }
+
+    pub fn send_dropped_n(&mut self, transport: Transport, n: usize) {
+        counter!("meridian_turn_send_dropped_total", "transport" => transport.as_str())
+            .increment(n as u64);
+    }
+
+    pub fn oversized_dropped(&mut self) {
+        counter!("meridian_turn_dropped_total", "reason" => "oversized_peer_datagram").increment(1);
     }
 
     pub fn tls_handshake_failed(&mut self) {

@@ -9,7 +9,9 @@
 
 mod admin;
 mod metrics;
+mod mmsg;
 mod node;
+mod poller;
 mod sockets;
 mod stream;
 mod tls;

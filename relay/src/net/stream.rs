@@ -172,6 +172,7 @@ async fn serve<S: AsyncRead + AsyncWrite + 'static>(w: Rc<Worker>, client: Clien
                 if consumed > 0 {
                     buf.drain(..consumed);
                     w.run_commands(now);
+                    w.flush_udp();
                 }
                 match rd.read(&mut chunk).await {
                     Ok(0) | Err(_) => return,
@@ -188,4 +189,5 @@ async fn serve<S: AsyncRead + AsyncWrite + 'static>(w: Rc<Worker>, client: Clien
     w.streams.borrow_mut().remove(&client);
     w.core.borrow_mut().client_closed(client);
     w.run_commands(Instant::now());
+    w.flush_udp();
 }

@@ -2,36 +2,45 @@
 //! that feed it. Nothing here is shared with other workers except the read-mostly [`Shared`]
 //! state inside the core and the metrics registry.
 //!
+//! UDP (listeners and relay sockets) is served by one dispatch task over the worker's own
+//! epoll set ([`Poller`]): each pass reads every ready socket in batches (recvmmsg), hands
+//! the datagrams to the core, and ends with one sendmmsg per listener for everything bound to
+//! clients. TCP/TLS connections are tokio tasks (see `stream`).
+//!
 //! [`Shared`]: crate::turn::Shared
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use quinn_udp::{RecvMeta, UdpSocketState};
 use rustc_hash::FxHashMap;
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use super::metrics::WorkerMetrics;
+use super::mmsg::{RecvBatch, SendQueue, RECV_BATCH, SEND_BATCH};
+use super::poller::Poller;
 use super::sockets;
 use super::stream::{self, StreamOut};
 use super::tls::ReloadableTls;
-use crate::turn::{
-    ClientAddr, Command, Family, RelayId, Server, ToPeer, Transport, HEADROOM, TAILROOM,
-};
+use crate::turn::{ClientAddr, Command, Family, RelayId, Server, ToPeer, Transport};
 
-/// Datagrams taken per receive call (recvmmsg batch).
+/// Datagrams taken per listener receive call (recvmmsg batch).
 const BATCH: usize = quinn_udp::BATCH_SIZE;
-/// Buffer per received datagram on the listener: large enough for GRO-coalesced segments.
+/// Buffer per received datagram on a listener: room for GRO-coalesced segments.
 const SLOT: usize = 64 * 1024;
-/// Largest datagram accepted from a peer.
-const MAX_PEER_DATAGRAM: usize = 65_535 - 64;
-/// Datagrams a relay socket may take before yielding to other tasks.
-const RELAY_BUDGET: usize = 64;
+/// Listener batches taken per readiness report (the level-triggered set reports it again).
+const LISTENER_ROUNDS: usize = 4;
+/// Ready sockets taken per epoll pass.
+const EVENTS: usize = 256;
+/// Dispatch passes before yielding to TCP/TLS tasks and timers.
+const PASSES_BEFORE_YIELD: usize = 16;
+/// Epoll tokens at and above this name listeners (relay ids are far below).
+const LISTENER_TOKEN: u64 = u64::MAX - 1024;
 
 /// Where relay sockets bind and what they advertise.
 #[derive(Debug, Clone, Copy)]
@@ -62,25 +71,22 @@ pub struct WorkerSetup {
 }
 
 struct UdpListener {
-    sock: UdpSocket,
+    sock: std::net::UdpSocket,
     state: UdpSocketState,
     local: SocketAddr,
-}
-
-struct RelayEntry {
-    sock: Rc<UdpSocket>,
-    task: tokio::task::JoinHandle<()>,
+    /// Datagrams for clients, flushed with sendmmsg at the end of a dispatch pass.
+    out: RefCell<SendQueue>,
 }
 
 pub(super) struct Worker {
     pub(super) core: RefCell<Server>,
+    poller: AsyncFd<Poller>,
     udp: Vec<UdpListener>,
-    relays: RefCell<FxHashMap<RelayId, RelayEntry>>,
+    relays: RefCell<FxHashMap<RelayId, std::net::UdpSocket>>,
     pub(super) streams: RefCell<FxHashMap<ClientAddr, Rc<StreamOut>>>,
     relay: RelayBinding,
-    peer_buf: RefCell<Vec<u8>>,
+    peer_batch: RefCell<RecvBatch>,
     pub(super) metrics: RefCell<WorkerMetrics>,
-    busy: Cell<Duration>,
 }
 
 /// Starts a worker thread.
@@ -99,11 +105,13 @@ pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>>
                 }
             };
             let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, run(setup));
+            if let Err(e) = local.block_on(&rt, run(setup)) {
+                tracing::error!("worker stopped: {e}");
+            }
         })
 }
 
-async fn run(setup: WorkerSetup) {
+async fn run(setup: WorkerSetup) -> std::io::Result<()> {
     let WorkerSetup {
         id,
         udp,
@@ -114,41 +122,32 @@ async fn run(setup: WorkerSetup) {
         relay,
         mut control,
     } = setup;
+    let poller = Poller::new()?;
     let mut listeners = Vec::new();
-    for s in udp {
-        let local = match s.local_addr() {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(worker = id, "UDP listener: {e}");
-                continue;
-            }
-        };
-        let state = match UdpSocketState::new((&s).into()) {
-            Ok(st) => st,
-            Err(e) => {
-                tracing::error!(worker = id, %local, "UDP listener setup: {e}");
-                continue;
-            }
-        };
-        match UdpSocket::from_std(s) {
-            Ok(sock) => listeners.push(UdpListener { sock, state, local }),
-            Err(e) => tracing::error!(worker = id, %local, "UDP listener registration: {e}"),
-        }
+    for (i, sock) in udp.into_iter().enumerate() {
+        let local = sock.local_addr()?;
+        let state = UdpSocketState::new((&sock).into())?;
+        poller.add(sock.as_raw_fd(), LISTENER_TOKEN + i as u64)?;
+        listeners.push(UdpListener {
+            sock,
+            state,
+            local,
+            out: RefCell::new(SendQueue::default()),
+        });
     }
+    // SAFETY: the AsyncFd owns the poller, so the descriptor stays open while registered.
+    let poller = unsafe { AsyncFd::register(poller) }.map_err(std::io::Error::from)?;
     let w = Rc::new(Worker {
         core: RefCell::new(server),
+        poller,
         udp: listeners,
         relays: RefCell::new(FxHashMap::default()),
         streams: RefCell::new(FxHashMap::default()),
         relay,
-        peer_buf: RefCell::new(vec![0u8; HEADROOM + MAX_PEER_DATAGRAM + TAILROOM]),
+        peer_batch: RefCell::new(RecvBatch::default()),
         metrics: RefCell::new(WorkerMetrics::new(id)),
-        busy: Cell::new(Duration::ZERO),
     });
-    register(&w);
-    for i in 0..w.udp.len() {
-        tokio::task::spawn_local(udp_listener_loop(w.clone(), i));
-    }
+    tokio::task::spawn_local(dispatch_loop(w.clone()));
     for l in tcp {
         stream::spawn_accept_loop(w.clone(), l, Transport::Tcp, None);
     }
@@ -163,101 +162,70 @@ async fn run(setup: WorkerSetup) {
         }
     }
     // Dropping the LocalSet ends every task and closes every socket of this worker.
+    Ok(())
 }
 
-async fn udp_listener_loop(w: Rc<Worker>, i: usize) {
+/// Serves every ready UDP socket of the worker, pass after pass, until none is ready.
+async fn dispatch_loop(w: Rc<Worker>) {
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
     let mut storage = vec![0u8; BATCH * SLOT];
-    let mut metas = [RecvMeta::default(); BATCH];
-    let l = &w.udp[i];
     loop {
-        if let Err(e) = l.sock.readable().await {
-            tracing::error!(local = %l.local, "UDP listener failed: {e}");
-            return;
-        }
-        loop {
-            let res = {
-                let mut chunks = storage.chunks_mut(SLOT);
-                let mut iovs: [IoSliceMut<'_>; BATCH] =
-                    std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-                l.sock.try_io(Interest::READABLE, || {
-                    l.state.recv((&l.sock).into(), &mut iovs, &mut metas)
-                })
-            };
-            let n = match res {
+        let mut guard = match w.poller.readable().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!("UDP dispatch failed: {e}");
+                return;
+            }
+        };
+        for pass in 0.. {
+            let n = match w.poller.get_ref().poll(&mut events) {
                 Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    tracing::debug!(local = %l.local, "UDP receive error: {e}");
-                    break;
+                    tracing::error!("epoll_wait: {e}");
+                    0
                 }
             };
+            if n == 0 {
+                // Nothing ready: a socket becoming ready from now on raises a new readiness
+                // event that `clear_ready` does not erase (tokio's readiness tick).
+                guard.clear_ready();
+                break;
+            }
             let now = Instant::now();
-            for (meta, buf) in metas[..n].iter().zip(storage.chunks(SLOT)) {
-                let client = ClientAddr {
-                    transport: Transport::Udp,
-                    local: l.local,
-                    remote: meta.addr,
-                };
-                let stride = meta.stride.max(1);
-                for seg in buf[..meta.len.min(SLOT)].chunks(stride) {
-                    let fwd = w.core.borrow_mut().handle_client_packet(client, seg, now);
-                    if let Some(to) = fwd {
-                        w.send_to_peer(to);
-                    }
+            for ev in &events[..n] {
+                let token = ev.u64;
+                if token >= LISTENER_TOKEN {
+                    w.serve_listener((token - LISTENER_TOKEN) as usize, &mut storage, now);
+                } else {
+                    w.serve_relay(RelayId(token), now);
                 }
             }
-            w.run_commands(now);
-            w.busy.set(w.busy.get() + now.elapsed());
-        }
-    }
-}
-
-async fn relay_loop(w: Rc<Worker>, id: RelayId, sock: Rc<UdpSocket>) {
-    loop {
-        if sock.readable().await.is_err() {
-            return;
-        }
-        let start = Instant::now();
-        let mut taken = 0;
-        while taken < RELAY_BUDGET {
-            let mut buf = w.peer_buf.borrow_mut();
-            let (n, peer) =
-                match sock.try_recv_from(&mut buf[HEADROOM..HEADROOM + MAX_PEER_DATAGRAM]) {
-                    Ok(r) => r,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(_) => continue,
-                };
-            taken += 1;
-            let out = w.core.borrow_mut().handle_peer_packet(
-                id,
-                peer,
-                &mut buf,
-                HEADROOM..HEADROOM + n,
-                start,
-            );
-            if let Some(out) = out {
-                w.send_to_client(out.client, &buf[out.range]);
+            w.flush_udp();
+            if pass + 1 == PASSES_BEFORE_YIELD {
+                drop(guard);
+                tokio::task::yield_now().await;
+                break;
             }
-        }
-        w.busy.set(w.busy.get() + start.elapsed());
-        if taken == RELAY_BUDGET {
-            tokio::task::yield_now().await;
         }
     }
 }
 
 async fn timer_loop(w: Rc<Worker>) {
     let mut last_flush = Instant::now();
+    let mut last_cpu = thread_cpu_time();
     loop {
         let deadline = w.core.borrow().poll_timeout();
         tokio::time::sleep_until(deadline.into()).await;
         let now = Instant::now();
         w.core.borrow_mut().handle_timeout(now);
         w.run_commands(now);
+        w.flush_udp();
         let elapsed = now.duration_since(last_flush);
         if elapsed >= Duration::from_millis(900) {
-            let busy = w.busy.replace(Duration::ZERO);
-            let ratio = (busy.as_secs_f64() / elapsed.as_secs_f64()).min(1.0);
+            let cpu = thread_cpu_time();
+            let ratio =
+                (cpu.saturating_sub(last_cpu).as_secs_f64() / elapsed.as_secs_f64()).min(1.0);
+            last_cpu = cpu;
             let core = w.core.borrow();
             let streams = w.streams.borrow().len();
             w.metrics
@@ -269,33 +237,117 @@ async fn timer_loop(w: Rc<Worker>) {
 }
 
 impl Worker {
+    /// Client datagrams on listener `i`: a few recvmmsg batches, each handed to the core.
+    fn serve_listener(&self, i: usize, storage: &mut [u8], now: Instant) {
+        let Some(l) = self.udp.get(i) else { return };
+        let mut metas = [RecvMeta::default(); BATCH];
+        for _ in 0..LISTENER_ROUNDS {
+            let res = {
+                let mut chunks = storage.chunks_mut(SLOT);
+                let mut iovs: [IoSliceMut<'_>; BATCH] =
+                    std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+                l.state.recv((&l.sock).into(), &mut iovs, &mut metas)
+            };
+            let n = match res {
+                Ok(n) => n,
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::WouldBlock {
+                        tracing::debug!(local = %l.local, "UDP receive error: {e}");
+                    }
+                    return;
+                }
+            };
+            for (meta, buf) in metas[..n].iter().zip(storage.chunks(SLOT)) {
+                let client = ClientAddr {
+                    transport: Transport::Udp,
+                    local: l.local,
+                    remote: meta.addr,
+                };
+                let stride = meta.stride.max(1);
+                for seg in buf[..meta.len.min(SLOT)].chunks(stride) {
+                    let fwd = self
+                        .core
+                        .borrow_mut()
+                        .handle_client_packet(client, seg, now);
+                    if let Some(to) = fwd {
+                        self.send_to_peer(to);
+                    }
+                }
+            }
+            self.run_commands(now);
+            if n < BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Peer datagrams on a relay socket: one recvmmsg batch, framed in place by the core.
+    fn serve_relay(&self, id: RelayId, now: Instant) {
+        let fd = match self.relays.borrow().get(&id) {
+            Some(s) => s.as_raw_fd(),
+            None => return, // closed earlier in this pass
+        };
+        let mut batch = self.peer_batch.borrow_mut();
+        let Ok(n) = batch.recv(fd) else { return };
+        for k in 0..n {
+            let Some(peer) = batch.peer(k) else {
+                self.metrics.borrow_mut().oversized_dropped();
+                continue;
+            };
+            let (buf, payload) = batch.slot(k);
+            let out = self
+                .core
+                .borrow_mut()
+                .handle_peer_packet(id, peer, buf, payload, now);
+            if let Some(out) = out {
+                self.send_to_client(out.client, &buf[out.range]);
+            }
+        }
+        debug_assert!(n <= RECV_BATCH);
+    }
+
+    /// Sends what is queued for UDP clients.
+    pub(super) fn flush_udp(&self) {
+        for l in &self.udp {
+            let mut q = l.out.borrow_mut();
+            if !q.is_empty() {
+                let dropped = q.flush(l.sock.as_raw_fd());
+                if dropped > 0 {
+                    self.metrics
+                        .borrow_mut()
+                        .send_dropped_n(Transport::Udp, dropped);
+                }
+            }
+        }
+    }
+
     #[inline]
     pub(super) fn send_to_peer(&self, to: ToPeer<'_>) {
         let relays = self.relays.borrow();
-        let Some(r) = relays.get(&to.relay) else {
+        let Some(sock) = relays.get(&to.relay) else {
             return;
         };
-        if r.sock.try_send_to(to.payload, to.peer).is_err() {
+        if sock.send_to(to.payload, to.peer).is_err() {
             self.metrics.borrow_mut().send_dropped(Transport::Udp);
         }
     }
 
-    /// Sends a framed message to a client over its transport.
+    /// Queues (UDP) or writes (TCP/TLS) a framed message for a client.
     pub(super) fn send_to_client(&self, client: ClientAddr, bytes: &[u8]) {
         match client.transport {
             Transport::Udp => {
                 let Some(l) = self.udp.iter().find(|l| l.local == client.local) else {
                     return;
                 };
-                let t = Transmit {
-                    destination: client.remote,
-                    ecn: None,
-                    contents: bytes,
-                    segment_size: None,
-                    src_ip: None,
-                };
-                if l.state.try_send((&l.sock).into(), &t).is_err() {
-                    self.metrics.borrow_mut().send_dropped(Transport::Udp);
+                let mut q = l.out.borrow_mut();
+                q.push(client.remote, bytes);
+                if q.len() >= SEND_BATCH {
+                    let dropped = q.flush(l.sock.as_raw_fd());
+                    if dropped > 0 {
+                        self.metrics
+                            .borrow_mut()
+                            .send_dropped_n(Transport::Udp, dropped);
+                    }
                 }
             }
             Transport::Tcp | Transport::Tls => {
@@ -309,7 +361,8 @@ impl Worker {
         }
     }
 
-    /// Executes everything the core asked for.
+    /// Executes everything the core asked for. Datagrams for UDP clients are queued; callers
+    /// outside the dispatch pass follow with [`Worker::flush_udp`].
     pub(super) fn run_commands(&self, now: Instant) {
         loop {
             let Some(cmd) = self.core.borrow_mut().poll_command() else {
@@ -322,9 +375,8 @@ impl Worker {
                     self.core.borrow_mut().relay_bound(relay, bound, now);
                 }
                 Command::CloseRelay { relay } => {
-                    if let Some(e) = self.relays.borrow_mut().remove(&relay) {
-                        e.task.abort();
-                        drop(e.sock);
+                    if let Some(sock) = self.relays.borrow_mut().remove(&relay) {
+                        self.poller.get_ref().delete(sock.as_raw_fd());
                     }
                 }
             }
@@ -336,42 +388,32 @@ impl Worker {
             Family::V4 => self.relay.v4?,
             Family::V6 => self.relay.v6?,
         };
-        let std_sock =
-            match sockets::relay_socket(bind_ip, self.relay.port_min, self.relay.port_max) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(%bind_ip, "cannot bind a relay socket: {e}");
-                    return None;
-                }
-            };
-        let port = std_sock.local_addr().ok()?.port();
-        let sock = match UdpSocket::from_std(std_sock) {
-            Ok(s) => Rc::new(s),
+        let sock = match sockets::relay_socket(bind_ip, self.relay.port_min, self.relay.port_max) {
+            Ok(s) => s,
             Err(e) => {
-                tracing::warn!("cannot register a relay socket: {e}");
+                tracing::warn!(%bind_ip, "cannot bind a relay socket: {e}");
                 return None;
             }
         };
-        let me = self.self_rc();
-        let task = tokio::task::spawn_local(relay_loop(me, relay, sock.clone()));
-        self.relays
-            .borrow_mut()
-            .insert(relay, RelayEntry { sock, task });
+        let port = sock.local_addr().ok()?.port();
+        if let Err(e) = self.poller.get_ref().add(sock.as_raw_fd(), relay.0) {
+            tracing::warn!("cannot watch a relay socket: {e}");
+            return None;
+        }
+        self.relays.borrow_mut().insert(relay, sock);
         Some(SocketAddr::new(advertised, port))
     }
+}
 
-    fn self_rc(&self) -> Rc<Worker> {
-        SELF.with(|s| s.borrow().as_ref().and_then(|w| w.upgrade()))
-            .expect("worker registered itself")
+/// CPU time used by the calling thread (user and system), for the busy ratio.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
     }
-}
-
-thread_local! {
-    /// The worker of this thread (each worker thread runs exactly one).
-    static SELF: RefCell<Option<std::rc::Weak<Worker>>> = const { RefCell::new(None) };
-}
-
-/// Registers `w` as this thread's worker so relay tasks can be spawned from `&Worker`.
-pub(super) fn register(w: &Rc<Worker>) {
-    SELF.with(|s| *s.borrow_mut() = Some(Rc::downgrade(w)));
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
