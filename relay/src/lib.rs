@@ -3,7 +3,7 @@
 //! - [`stun`]: the STUN/TURN message codec (sans-IO, zero-copy decoding).
 //! - [`turn`]: the sans-IO TURN server core.
 
-pub mod stun;
-pub mod turn;
 #[cfg(feature = "net")]
 pub mod net;
+pub mod stun;
+pub mod turn;
