@@ -53,14 +53,8 @@ pub fn reuseport_tcp(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net:
 
 /// Binds a relay socket on `ip` to a random free port of `min..=max`.
 pub fn relay_socket(ip: IpAddr, min: u16, max: u16) -> io::Result<std::net::UdpSocket> {
-    let span = (max - min) as u32 + 1;
-    let start = rand::random::<u32>() % span;
-    // Random start, then linear probing: finds a free port in a nearly full range too,
-    // bounded by the size of the range.
-    let tries = span.min(4096);
     let mut last = io::Error::new(io::ErrorKind::AddrInUse, "relay port range exhausted");
-    for i in 0..tries {
-        let port = min + ((start + i * 7919) % span) as u16;
+    for port in probe_order(min, max, rand::random()).take(4096) {
         let addr = SocketAddr::new(ip, port);
         let s = new_socket(addr, Type::DGRAM, Protocol::UDP)?;
         match s.bind(&addr.into()) {
@@ -70,4 +64,43 @@ pub fn relay_socket(ip: IpAddr, min: u16, max: u16) -> io::Result<std::net::UdpS
         }
     }
     Err(last)
+}
+
+/// Every port of `min..=max` once, starting at a random one: random start spreads
+/// allocations, linear probing finds the free ports of a nearly full range.
+fn probe_order(min: u16, max: u16, seed: u32) -> impl Iterator<Item = u16> {
+    let span = (max as u32).saturating_sub(min as u32) + 1;
+    let start = seed % span;
+    (0..span).map(move |i| min + ((start + i) % span) as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_order_visits_every_port_once() {
+        for (min, max) in [
+            (49152, 65535),
+            (40000, 40000 + 2 * 7919 - 1),
+            (5000, 5003),
+            (1, 65535),
+        ] {
+            for seed in [0, 1, 12345, u32::MAX] {
+                let mut ports: Vec<u16> = probe_order(min, max, seed).collect();
+                assert_eq!(ports.len(), (max - min) as usize + 1);
+                ports.sort_unstable();
+                ports.dedup();
+                assert_eq!(ports.len(), (max - min) as usize + 1);
+                assert_eq!((ports[0], *ports.last().unwrap()), (min, max));
+            }
+        }
+    }
+
+    #[test]
+    fn relay_socket_binds_inside_the_range() {
+        let s = relay_socket("127.0.0.1".parse().unwrap(), 45000, 45999).unwrap();
+        let port = s.local_addr().unwrap().port();
+        assert!((45000..=45999).contains(&port), "{port}");
+    }
 }

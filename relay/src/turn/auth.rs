@@ -105,6 +105,12 @@ pub struct NonceIssuer {
     lifetime_secs: u64,
 }
 
+impl std::fmt::Debug for NonceIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NonceIssuer { secret: <redacted> }")
+    }
+}
+
 /// What a presented nonce turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceCheck {

@@ -77,12 +77,6 @@ pub struct Shared {
     pub nonces: Arc<NonceIssuer>,
 }
 
-impl std::fmt::Debug for NonceIssuer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("NonceIssuer")
-    }
-}
-
 /// Maps the monotonic `Instant`s the core is given to unix seconds (for REST credential
 /// expiry and nonces), from one anchor taken by the driver (or a test).
 #[derive(Debug, Clone, Copy)]
