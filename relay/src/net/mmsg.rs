@@ -147,11 +147,44 @@ impl RecvBatch {
     }
 }
 
-/// Datagrams waiting to go out of one socket, copied into one arena.
-#[derive(Default)]
+/// `UDP_SEGMENT` (linux/udp.h): a send carrying this control message is split by the kernel
+/// into datagrams of the given size (GSO).
+const UDP_SEGMENT: libc::c_int = 103;
+/// Segments one GSO send may carry (the kernel's UDP_MAX_SEGMENTS is 64 or more).
+const MAX_GSO_SEGMENTS: usize = 64;
+/// Bytes one GSO send may carry (an IP datagram's payload limit, with room for headers).
+const MAX_GSO_BYTES: usize = 65_000;
+
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct CmsgBuf([u8; 32]);
+
+/// Datagrams waiting to go out of one socket, copied into one arena. Consecutive datagrams
+/// to the same destination with the same size go out as one GSO send.
 pub struct SendQueue {
     arena: Vec<u8>,
     items: Vec<(SocketAddr, usize, usize)>,
+    /// Cleared for good if the kernel refuses GSO on this socket.
+    gso: bool,
+}
+
+impl Default for SendQueue {
+    fn default() -> Self {
+        SendQueue {
+            arena: Vec::new(),
+            items: Vec::new(),
+            gso: true,
+        }
+    }
+}
+
+/// One sendmmsg entry: items `first..first + count`, split in segments of `segment` bytes.
+#[derive(Clone, Copy)]
+struct Message {
+    first: usize,
+    count: usize,
+    bytes: usize,
+    segment: Option<u16>,
 }
 
 impl SendQueue {
@@ -169,13 +202,57 @@ impl SendQueue {
         self.items.push((to, start, bytes.len()));
     }
 
-    /// Sends everything queued with as few `sendmmsg` calls as possible. Returns how many
-    /// datagrams the kernel refused (socket buffer full or an error); they are dropped.
+    /// Groups items from `first` into messages: a run of datagrams to one destination whose
+    /// sizes all equal the first (the last may be shorter) becomes one GSO message.
+    fn group(&self, first: usize, out: &mut [Message; SEND_BATCH]) -> usize {
+        let mut n = 0;
+        let mut i = first;
+        while i < self.items.len() && n < SEND_BATCH {
+            let (to, _, seg) = self.items[i];
+            let mut count = 1;
+            let mut bytes = seg;
+            if self.gso && seg > 0 {
+                while i + count < self.items.len() && count < MAX_GSO_SEGMENTS {
+                    let (t, _, len) = self.items[i + count];
+                    // Items are contiguous in the arena; the previous one must be full-size.
+                    if t != to
+                        || len > seg
+                        || len == 0
+                        || self.items[i + count - 1].2 != seg
+                        || bytes + len > MAX_GSO_BYTES
+                    {
+                        break;
+                    }
+                    bytes += len;
+                    count += 1;
+                }
+            }
+            let segment = (count > 1).then_some(seg as u16);
+            out[n] = Message {
+                first: i,
+                count,
+                bytes,
+                segment,
+            };
+            n += 1;
+            i += count;
+        }
+        n
+    }
+
+    /// Sends everything queued with as few syscalls as possible. Returns how many datagrams
+    /// the kernel refused (socket buffer full or an error); they are dropped.
     pub fn flush(&mut self, fd: RawFd) -> usize {
         let mut dropped = 0;
         let mut done = 0;
+        let mut msgs = [Message {
+            first: 0,
+            count: 0,
+            bytes: 0,
+            segment: None,
+        }; SEND_BATCH];
         while done < self.items.len() {
-            let chunk = &self.items[done..(done + SEND_BATCH).min(self.items.len())];
+            let n = self.group(done, &mut msgs);
             // Only the entries used are written (no zeroing of the whole arrays per flush).
             let mut iovs: [MaybeUninit<libc::iovec>; SEND_BATCH] =
                 [MaybeUninit::uninit(); SEND_BATCH];
@@ -183,37 +260,68 @@ impl SendQueue {
                 [MaybeUninit::uninit(); SEND_BATCH];
             let mut names: [MaybeUninit<libc::sockaddr_in6>; SEND_BATCH] =
                 [MaybeUninit::uninit(); SEND_BATCH];
-            for (i, (to, start, len)) in chunk.iter().enumerate() {
-                let namelen = to_sockaddr(to, &mut names[i]);
-                iovs[i].write(libc::iovec {
-                    iov_base: self.arena[*start..].as_ptr() as *mut libc::c_void,
-                    iov_len: *len,
+            let mut cmsgs = [CmsgBuf([0; 32]); SEND_BATCH];
+            for (k, m) in msgs[..n].iter().enumerate() {
+                let (to, start, _) = self.items[m.first];
+                let namelen = to_sockaddr(&to, &mut names[k]);
+                iovs[k].write(libc::iovec {
+                    iov_base: self.arena[start..].as_ptr() as *mut libc::c_void,
+                    iov_len: m.bytes,
                 });
                 // SAFETY: an all-zero msghdr is valid (no control data, no flags).
                 let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                h.msg_hdr.msg_name = names[i].as_mut_ptr().cast();
+                h.msg_hdr.msg_name = names[k].as_mut_ptr().cast();
                 h.msg_hdr.msg_namelen = namelen;
-                h.msg_hdr.msg_iov = iovs[i].as_mut_ptr();
+                h.msg_hdr.msg_iov = iovs[k].as_mut_ptr();
                 h.msg_hdr.msg_iovlen = 1;
-                hdrs[i].write(h);
+                if let Some(seg) = m.segment {
+                    // SAFETY: the control buffer is aligned and large enough for one cmsghdr
+                    // carrying a u16; CMSG_* compute offsets inside it.
+                    unsafe {
+                        let space = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+                        h.msg_hdr.msg_control = cmsgs[k].0.as_mut_ptr().cast();
+                        h.msg_hdr.msg_controllen = space as _;
+                        let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                        (*c).cmsg_level = libc::SOL_UDP;
+                        (*c).cmsg_type = UDP_SEGMENT;
+                        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+                    }
+                }
+                hdrs[k].write(h);
             }
-            // SAFETY: headers point at live buffers and addresses for `chunk.len()` entries.
-            let n = unsafe {
+            // SAFETY: headers point at live buffers, addresses and control data for `n` entries.
+            let sent = unsafe {
                 libc::sendmmsg(
                     fd,
                     hdrs.as_mut_ptr().cast(),
-                    chunk.len() as libc::c_uint,
+                    n as libc::c_uint,
                     libc::MSG_DONTWAIT,
                 )
             };
-            if n <= 0 {
-                // Buffer full (EAGAIN) or an error on the first datagram: drop it and go on,
-                // as a router would; the rest may still fit.
-                dropped += 1;
-                done += 1;
-            } else {
-                done += n as usize;
+            if sent > 0 {
+                let sent = sent as usize;
+                done = msgs[sent - 1].first + msgs[sent - 1].count;
+                continue;
             }
+            let err = io::Error::last_os_error().raw_os_error();
+            if msgs[0].segment.is_some()
+                && matches!(
+                    err,
+                    Some(libc::EIO)
+                        | Some(libc::EINVAL)
+                        | Some(libc::ENOPROTOOPT)
+                        | Some(libc::EOPNOTSUPP)
+                )
+            {
+                // This socket or device cannot do GSO: send plain datagrams from now on.
+                self.gso = false;
+                continue;
+            }
+            // Buffer full (EAGAIN) or an error on the first message: drop it and go on, as a
+            // router would; the rest may still fit.
+            dropped += msgs[0].count;
+            done = msgs[0].first + msgs[0].count;
         }
         self.items.clear();
         self.arena.clear();
@@ -264,6 +372,49 @@ mod tests {
             .unwrap();
         let n = c.recv(&mut two).unwrap();
         assert_eq!(&two[..n], b"two");
+    }
+
+    #[test]
+    fn runs_to_one_destination_go_out_as_gso_and_arrive_as_separate_datagrams() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut q = SendQueue::default();
+        let sizes = [300usize, 300, 300, 120, 300, 300];
+        for (i, n) in sizes.iter().enumerate() {
+            q.push(b.local_addr().unwrap(), &vec![i as u8; *n]);
+        }
+        q.push(c.local_addr().unwrap(), b"other");
+        // Grouping: [300,300,300,120] as one GSO message, [300,300] as another, then c.
+        let mut msgs = [Message {
+            first: 0,
+            count: 0,
+            bytes: 0,
+            segment: None,
+        }; SEND_BATCH];
+        assert_eq!(q.group(0, &mut msgs), 3);
+        assert_eq!(
+            (msgs[0].count, msgs[0].bytes, msgs[0].segment),
+            (4, 1020, Some(300))
+        );
+        assert_eq!((msgs[1].count, msgs[1].segment), (2, Some(300)));
+        assert_eq!((msgs[2].count, msgs[2].segment), (1, None));
+        assert_eq!(q.flush(a.as_raw_fd()), 0);
+        b.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        for (i, n) in sizes.iter().enumerate() {
+            let got = b.recv(&mut buf).unwrap();
+            assert_eq!(got, *n, "datagram {i} keeps its own size");
+            assert!(
+                buf[..got].iter().all(|x| *x == i as u8),
+                "datagram {i} keeps its bytes"
+            );
+        }
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let got = c.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..got], b"other");
     }
 
     #[test]
