@@ -341,6 +341,9 @@ pub struct LimitsConfig {
     pub unauthenticated_rate: u32,
     /// Burst allowance for the above. Default: 40.
     pub unauthenticated_burst: u32,
+    /// TCP/TLS client connections that hold no allocation are closed after this many
+    /// seconds (a connection that never allocates cannot pin a socket forever). Default: 30.
+    pub unallocated_connection_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -353,6 +356,7 @@ impl Default for LimitsConfig {
             allocation_bandwidth_kbps: 0,
             unauthenticated_rate: 20,
             unauthenticated_burst: 40,
+            unallocated_connection_timeout_secs: 30,
         }
     }
 }

@@ -277,6 +277,7 @@ pub(crate) const KEYS: &[(&str, &str)] = &[
     ),
     ("limits.unauthenticated_rate", "1..=4294967295"),
     ("limits.unauthenticated_burst", "1..=4294967295"),
+    ("limits.unallocated_connection_timeout_secs", "1..=3600"),
     ("security", "a table"),
     (
         "security.allow_peers",

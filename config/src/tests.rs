@@ -986,6 +986,11 @@ fn docs_mention_every_default() {
             "unauthenticated_burst",
             c.limits.unauthenticated_burst.to_string(),
         ),
+        (
+            "limits",
+            "unallocated_connection_timeout_secs",
+            c.limits.unallocated_connection_timeout_secs.to_string(),
+        ),
         ("drain", "deadline_secs", c.drain.deadline_secs.to_string()),
         ("admin", "listen", c.admin.listen.to_string()),
     ];
@@ -998,6 +1003,19 @@ fn docs_mention_every_default() {
         assert!(
             row.contains(&format!("`{default}`")),
             "docs row for {section}.{field} lacks default `{default}`: {row}"
+        );
+    }
+}
+
+#[test]
+fn unallocated_connection_timeout_is_bounded() {
+    for bad in [0u64, 3601] {
+        let mut c = Config::embedded("s".into());
+        c.limits.unallocated_connection_timeout_secs = bad;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("limits.unallocated_connection_timeout_secs") && e.contains("1..=3600"),
+            "{e}"
         );
     }
 }

@@ -291,6 +291,13 @@ fn validate_limits(config: &Config) -> Result<(), ConfigError> {
     )?;
     check_positive("limits.unauthenticated_rate", limits.unauthenticated_rate)?;
     check_positive("limits.unauthenticated_burst", limits.unauthenticated_burst)?;
+    if !(1..=3600).contains(&limits.unallocated_connection_timeout_secs) {
+        return Err(ConfigError::invalid(
+            "limits.unallocated_connection_timeout_secs",
+            "1..=3600",
+            limits.unallocated_connection_timeout_secs,
+        ));
+    }
     if limits.max_allocations_per_user > limits.max_allocations {
         return Err(ConfigError::invalid(
             "limits.max_allocations_per_user",

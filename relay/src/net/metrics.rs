@@ -66,6 +66,10 @@ pub fn describe() {
         "Packets dropped because a socket or connection queue was full"
     );
     metrics::describe_counter!(
+        "meridian_turn_idle_connections_closed_total",
+        "TCP/TLS connections closed for holding no allocation too long"
+    );
+    metrics::describe_counter!(
         "meridian_turn_tls_handshake_failures_total",
         "Failed or timed-out TLS handshakes"
     );
@@ -100,6 +104,10 @@ impl WorkerMetrics {
 
     pub fn oversized_dropped(&mut self) {
         counter!("meridian_turn_dropped_total", "reason" => "oversized_peer_datagram").increment(1);
+    }
+
+    pub fn idle_connection_closed(&mut self) {
+        counter!("meridian_turn_idle_connections_closed_total").increment(1);
     }
 
     pub fn tls_handshake_failed(&mut self) {

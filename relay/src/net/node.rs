@@ -207,6 +207,9 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), NodeError> {
             server: Server::new(server_cfg.clone(), shared.clone(), clock)
                 .with_relay_id_base((id as u64) << 48),
             relay,
+            unallocated_timeout: Duration::from_secs(
+                config.limits.unallocated_connection_timeout_secs,
+            ),
             control: rx,
         };
         threads.push(worker::spawn(setup)?);

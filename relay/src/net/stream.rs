@@ -136,6 +136,8 @@ async fn serve<S: AsyncRead + AsyncWrite + 'static>(w: Rc<Worker>, client: Clien
         async move {
             let mut buf: Vec<u8> = Vec::with_capacity(4096);
             let mut chunk = vec![0u8; 16 * 1024];
+            // Since when the connection has held no allocation (None while it holds one).
+            let mut unallocated_since = Some(tokio::time::Instant::now());
             loop {
                 // Take every complete frame in the buffer.
                 let mut consumed = 0;
@@ -174,7 +176,29 @@ async fn serve<S: AsyncRead + AsyncWrite + 'static>(w: Rc<Worker>, client: Clien
                     w.run_commands(now);
                     w.flush_udp();
                 }
-                match rd.read(&mut chunk).await {
+                if w.core.borrow().has_allocation(&client) {
+                    unallocated_since = None;
+                } else if unallocated_since.is_none() {
+                    unallocated_since = Some(tokio::time::Instant::now());
+                }
+                // Reads are bounded so that a silent connection is re-checked: one whose
+                // allocation ended meanwhile starts its unallocated clock then. (`read` is
+                // cancel-safe: a timed-out read loses no bytes.)
+                let limit = unallocated_since.unwrap_or_else(tokio::time::Instant::now)
+                    + w.unallocated_timeout;
+                let res = match tokio::time::timeout_at(limit, rd.read(&mut chunk)).await {
+                    Ok(r) => r,
+                    Err(_)
+                        if unallocated_since.is_some()
+                            && !w.core.borrow().has_allocation(&client) =>
+                    {
+                        tracing::debug!(remote = %client.remote, "closing a connection that holds no allocation");
+                        w.metrics.borrow_mut().idle_connection_closed();
+                        return;
+                    }
+                    Err(_) => continue,
+                };
+                match res {
                     Ok(0) | Err(_) => return,
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }

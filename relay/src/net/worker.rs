@@ -67,6 +67,8 @@ pub struct WorkerSetup {
     pub tls_config: Option<ReloadableTls>,
     pub server: Server,
     pub relay: RelayBinding,
+    /// How long a TCP/TLS connection may hold no allocation before it is closed.
+    pub unallocated_timeout: Duration,
     pub control: mpsc::UnboundedReceiver<Control>,
 }
 
@@ -85,6 +87,7 @@ pub(super) struct Worker {
     relays: RefCell<FxHashMap<RelayId, std::net::UdpSocket>>,
     pub(super) streams: RefCell<FxHashMap<ClientAddr, Rc<StreamOut>>>,
     relay: RelayBinding,
+    pub(super) unallocated_timeout: Duration,
     peer_batch: RefCell<RecvBatch>,
     pub(super) metrics: RefCell<WorkerMetrics>,
 }
@@ -120,6 +123,7 @@ async fn run(setup: WorkerSetup) -> std::io::Result<()> {
         tls_config,
         server,
         relay,
+        unallocated_timeout,
         mut control,
     } = setup;
     let poller = Poller::new()?;
@@ -144,6 +148,7 @@ async fn run(setup: WorkerSetup) -> std::io::Result<()> {
         relays: RefCell::new(FxHashMap::default()),
         streams: RefCell::new(FxHashMap::default()),
         relay,
+        unallocated_timeout,
         peer_batch: RefCell::new(RecvBatch::default()),
         metrics: RefCell::new(WorkerMetrics::new(id)),
     });

@@ -183,6 +183,11 @@ impl Server {
         self.draining = draining;
     }
 
+    /// Whether `client` holds an allocation (pending or active).
+    pub fn has_allocation(&self, client: &ClientAddr) -> bool {
+        self.by_client.contains_key(client)
+    }
+
     pub fn allocation_count(&self) -> usize {
         self.by_client.len()
     }
