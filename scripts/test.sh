@@ -8,7 +8,8 @@
 # failing suite: rustfmt check, clippy, release build, reference runs of the TURN interop
 # and browser tests against coturn, cargo test (unit + integration, including the webrtc-rs
 # TURN interop tests against meridian), check-config on the example config, and the
-# headless-Chromium browser test against meridian.
+# headless-Chromium browser test against meridian, and a fuzz smoke run of every cargo-fuzz
+# target (cargo-fuzz is installed from crates.io when missing).
 # Ends with one line "suites: N passed, M failed"; exits non-zero on any failure.
 #
 # Knobs (environment):
