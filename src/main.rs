@@ -61,6 +61,26 @@ enum Command {
         #[arg(long)]
         host: Option<String>,
     },
+    /// Mint an access token (JWT, HS256) for the signaling API, signed with the first of the
+    /// config's signaling.api_keys. Prints the token alone on stdout.
+    Token {
+        /// TOML configuration file (its signaling.api_keys are used).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Room the token admits to (A-Z, a-z, 0-9, '_', '-', '.').
+        #[arg(long)]
+        room: String,
+        /// Who the client is.
+        #[arg(long)]
+        identity: String,
+        /// device (publishes, receives controls), player (watches, sends controls) or viewer
+        /// (watches only).
+        #[arg(long)]
+        role: meridian_signaling::token::Role,
+        /// Lifetime in seconds (default: signaling.token_ttl_secs).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
     /// Load generators and comparisons.
     #[command(subcommand)]
     Bench(Bench),
@@ -109,6 +129,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             let ttl = ttl.unwrap_or(cfg.auth.credential_ttl_secs);
             print!("{}", credential_text(&cfg, &user, ttl, host.as_deref())?);
+            Ok(())
+        }
+        Command::Token {
+            config,
+            room,
+            identity,
+            role,
+            ttl,
+        } => {
+            let cfg = Config::load(&config)?;
+            let Some(key) = cfg.signaling.api_keys.first() else {
+                bail!("signaling.api_keys is empty: add one to the config or set MERIDIAN_API_KEYS=\"key:secret\"");
+            };
+            let ttl = ttl.unwrap_or(cfg.signaling.token_ttl_secs);
+            let issuer =
+                meridian_signaling::token::TokenIssuer::new(&key.key, key.secret.as_bytes())?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("system clock before 1970")?
+                .as_secs();
+            let token = issuer.mint(&identity, &room, role, now, ttl)?;
+            eprintln!(
+                "meridian: token for {identity:?} as {} in room {room:?}, key {:?}, valid {ttl} s",
+                role.as_str(),
+                key.key
+            );
+            println!("{token}");
             Ok(())
         }
         Command::Bench(Bench::Turn(args)) => meridian_bench::turn::run(*args),

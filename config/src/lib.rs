@@ -18,7 +18,7 @@ mod source;
 mod tests;
 mod validate;
 
-pub use env::{ENV_REST_SECRETS, ENV_USERS};
+pub use env::{ENV_API_KEYS, ENV_REST_SECRETS, ENV_USERS};
 pub use error::ConfigError;
 
 /// The embedded single-node default as commented TOML (every section present, documented).
@@ -129,6 +129,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub security: SecurityConfig,
     pub drain: DrainConfig,
+    pub signaling: SignalingConfig,
 }
 
 /// `[node]`: identity of this node.
@@ -384,5 +385,43 @@ pub struct DrainConfig {
 impl Default for DrainConfig {
     fn default() -> Self {
         DrainConfig { deadline_secs: 60 }
+    }
+}
+
+/// An API key that signs access tokens (JWT, HS256).
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub key: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("key", &self.key)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `[signaling]`: access tokens for the signaling API.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalingConfig {
+    /// API keys whose secrets sign access tokens; all are accepted, the first signs tokens
+    /// minted by `meridian token`. Also from `MERIDIAN_API_KEYS` ("key:secret,key2:secret2").
+    /// Default: [].
+    pub api_keys: Vec<ApiKey>,
+    /// Lifetime of tokens minted by `meridian token`, in seconds. Default: 3600.
+    pub token_ttl_secs: u64,
+}
+
+impl Default for SignalingConfig {
+    fn default() -> Self {
+        SignalingConfig {
+            api_keys: vec![],
+            token_ttl_secs: 3600,
+        }
     }
 }

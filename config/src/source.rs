@@ -197,7 +197,9 @@ fn one_line(message: &str) -> String {
 
 /// Keys whose values are never shown in messages.
 pub(crate) fn is_secret(path: &str) -> bool {
-    path.ends_with(".password") || path.starts_with("auth.rest_secrets")
+    path.ends_with(".password")
+        || path.ends_with(".secret")
+        || path.starts_with("auth.rest_secrets")
 }
 
 fn describe(text: &str, path: &str, value: &Spanned<DeValue<'_>>) -> String {
@@ -297,6 +299,15 @@ pub(crate) const KEYS: &[(&str, &str)] = &[
     ),
     ("drain", "a table"),
     ("drain.deadline_secs", "0..=3600"),
+    ("signaling", "a table"),
+    (
+        "signaling.api_keys",
+        "an array of tables with key and secret ([[signaling.api_keys]])",
+    ),
+    ("signaling.api_keys[]", "a table with key and secret"),
+    ("signaling.api_keys[].key", "a string"),
+    ("signaling.api_keys[].secret", "a string"),
+    ("signaling.token_ttl_secs", "1..=2592000"),
 ];
 
 /// The description of the values `path` takes (`turn.udp[3]` looks up `turn.udp[]`).

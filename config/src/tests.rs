@@ -856,6 +856,7 @@ fn fields(prefix: &str) -> Vec<String> {
     let text = match prefix {
         "" => "zz_probe = 1\n".to_string(),
         "auth.users[0]" => "[[auth.users]]\nzz_probe = 1\n".to_string(),
+        "signaling.api_keys[0]" => "[[signaling.api_keys]]\nzz_probe = 1\n".to_string(),
         section => format!("[{section}]\nzz_probe = 1\n"),
     };
     match source::parse(&text, "probe") {
@@ -869,7 +870,17 @@ fn all_sections() -> Vec<String> {
     let sections = fields("");
     assert_eq!(
         sections,
-        ["node", "log", "admin", "turn", "auth", "limits", "security", "drain"]
+        [
+            "node",
+            "log",
+            "admin",
+            "turn",
+            "auth",
+            "limits",
+            "security",
+            "drain",
+            "signaling"
+        ]
     );
     sections
 }
@@ -923,7 +934,14 @@ fn docs_describe_every_key() {
             "docs/config.md [auth] does not document users.{field}"
         );
     }
-    for var in [ENV_REST_SECRETS, ENV_USERS] {
+    let signaling = docs_section("signaling");
+    for field in fields("signaling.api_keys[0]") {
+        assert!(
+            signaling.contains(&format!("`{field}`")),
+            "docs/config.md [signaling] does not document api_keys.{field}"
+        );
+    }
+    for var in [ENV_REST_SECRETS, ENV_USERS, ENV_API_KEYS] {
         assert!(DOCS.contains(var), "docs/config.md does not mention {var}");
     }
 }
@@ -1018,4 +1036,72 @@ fn unallocated_connection_timeout_is_bounded() {
             "{e}"
         );
     }
+}
+
+#[test]
+fn signaling_api_keys_are_validated_and_never_echoed() {
+    let base = "[signaling]\n";
+    let ok = Config::from_toml(&format!("{base}api_keys = [{{ key = \"k1\", secret = \"0123456789abcdef\" }}]\n[auth]\nrest_secrets = [\"s\"]\n"), "m.toml").unwrap();
+    assert_eq!(ok.signaling.api_keys[0].key, "k1");
+    assert_eq!(ok.signaling.token_ttl_secs, 3600);
+    let short = Config::from_toml(&format!("{base}api_keys = [{{ key = \"k1\", secret = \"tooshort-secret\" }}]\n[auth]\nrest_secrets = [\"s\"]\n"), "m.toml").unwrap_err().to_string();
+    assert!(
+        short.contains("signaling.api_keys[0].secret") && short.contains("at least 16 bytes"),
+        "{short}"
+    );
+    assert!(
+        !short.contains("tooshort-secret"),
+        "the secret is not echoed: {short}"
+    );
+    let dup = Config::from_toml(&format!("{base}api_keys = [{{ key = \"k\", secret = \"0123456789abcdef\" }}, {{ key = \"k\", secret = \"0123456789abcdefg\" }}]\n[auth]\nrest_secrets = [\"s\"]\n"), "m.toml").unwrap_err().to_string();
+    assert!(dup.contains("signaling.api_keys[1].key"), "{dup}");
+    let wrong_type = Config::from_toml(
+        &format!("{base}api_keys = [{{ key = \"k\", secret = 5 }}]\n"),
+        "m.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(wrong_type.contains("value not shown"), "{wrong_type}");
+    let ttl = Config::from_toml(
+        &format!("{base}token_ttl_secs = 0\n[auth]\nrest_secrets = [\"s\"]\n"),
+        "m.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        ttl.contains("signaling.token_ttl_secs") && ttl.contains("1..=2592000"),
+        "{ttl}"
+    );
+}
+
+#[test]
+fn api_keys_from_the_environment() {
+    let mut c = Config::embedded("s".into());
+    c.apply_env(|v| {
+        (v == ENV_API_KEYS).then(|| "a:0123456789abcdef, b:fedcba9876543210".to_string())
+    })
+    .unwrap();
+    assert_eq!(
+        c.signaling
+            .api_keys
+            .iter()
+            .map(|k| k.key.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let mut c = Config::embedded("s".into());
+    let e = c
+        .apply_env(|v| {
+            (v == ENV_API_KEYS).then(|| "a:0123456789abcdef,nocolon-secretvalue".to_string())
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("entry 2") && !e.contains("nocolon-secretvalue"),
+        "{e}"
+    );
+    assert!(
+        c.signaling.api_keys.is_empty(),
+        "a failed override leaves the config unchanged"
+    );
 }

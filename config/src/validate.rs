@@ -52,6 +52,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_turn(config)?;
     validate_limits(config)?;
     validate_auth(config)?;
+    validate_signaling(config)?;
     check_range(
         "drain.deadline_secs",
         config.drain.deadline_secs,
@@ -374,4 +375,37 @@ fn validate_auth(config: &Config) -> Result<(), ConfigError> {
         CREDENTIAL_TTL_MAX,
     )?;
     Ok(())
+}
+
+/// Shortest API secret accepted: HS256 keys shorter than this are guessable.
+const MIN_API_SECRET: usize = 16;
+
+fn validate_signaling(config: &Config) -> Result<(), ConfigError> {
+    let s = &config.signaling;
+    let mut seen = std::collections::HashSet::new();
+    for (i, k) in s.api_keys.iter().enumerate() {
+        let key = format!("signaling.api_keys[{i}].key");
+        if k.key.is_empty() || k.key.len() > 128 || k.key.chars().any(char::is_control) {
+            return Err(ConfigError::invalid(
+                key,
+                "1..=128 bytes without control characters",
+                format!("{:?}", k.key),
+            ));
+        }
+        if !seen.insert(k.key.as_str()) {
+            return Err(ConfigError::invalid(
+                key,
+                "a key name not used twice",
+                format!("{:?} again", k.key),
+            ));
+        }
+        if k.secret.len() < MIN_API_SECRET {
+            return Err(ConfigError::invalid(
+                format!("signaling.api_keys[{i}].secret"),
+                format!("at least {MIN_API_SECRET} bytes"),
+                format!("{} bytes (value not shown)", k.secret.len()),
+            ));
+        }
+    }
+    check_range("signaling.token_ttl_secs", s.token_ttl_secs, 1, 2_592_000)
 }
