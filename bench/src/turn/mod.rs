@@ -662,17 +662,7 @@ impl Load {
         match self {
             Load::Udp(shards) => {
                 let window = (args.window / shards.len()).max(1);
-                let mut total = PhaseResult::default();
-                std::thread::scope(|s| {
-                    let hs: Vec<_> = shards
-                        .iter_mut()
-                        .map(|sh| s.spawn(move || sh.setup(window, deadline, progress)))
-                        .collect();
-                    for h in hs {
-                        total.merge(&h.join().expect("shard thread"));
-                    }
-                });
-                total
+                on_shards(shards, |sh| sh.setup(window, deadline, progress))
             }
             Load::Stream { rt, cfg, clients } => {
                 let (c, r) = rt.block_on(stream::setup(
@@ -740,17 +730,7 @@ impl Load {
         match self {
             Load::Udp(shards) => {
                 let window = (args.window / shards.len()).max(1);
-                let mut total = PhaseResult::default();
-                std::thread::scope(|s| {
-                    let hs: Vec<_> = shards
-                        .iter_mut()
-                        .map(|sh| s.spawn(move || sh.teardown(window, deadline, progress)))
-                        .collect();
-                    for h in hs {
-                        total.merge(&h.join().expect("shard thread"));
-                    }
-                });
-                total
+                on_shards(shards, |sh| sh.teardown(window, deadline, progress))
             }
             Load::Stream { rt, cfg, clients } => {
                 let cs = std::mem::take(clients);
@@ -869,6 +849,25 @@ fn measure(args: &TurnArgs, kind: TargetKind, echo: &EchoPeer) -> Result<TargetR
     }
     drop(load);
     Ok(rep)
+}
+
+/// Runs one phase on every UDP shard, each on its own thread, and merges the results.
+fn on_shards(
+    shards: &mut [UdpShard],
+    phase: impl Fn(&mut UdpShard) -> PhaseResult + Sync,
+) -> PhaseResult {
+    let mut total = PhaseResult::default();
+    std::thread::scope(|s| {
+        let phase = &phase;
+        let hs: Vec<_> = shards
+            .iter_mut()
+            .map(|sh| s.spawn(move || phase(sh)))
+            .collect();
+        for h in hs {
+            total.merge(&h.join().expect("shard thread"));
+        }
+    });
+    total
 }
 
 #[cfg(test)]
