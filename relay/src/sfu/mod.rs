@@ -1,0 +1,1755 @@
+//! The SFU core: rooms, publishers, subscribers and what gets forwarded where, around one
+//! str0m [`Rtc`] per session.
+//!
+//! Like the TURN core this owns no socket and reads no clock: the driver feeds datagrams
+//! ([`Sfu::handle_receive`]), signaling requests ([`Sfu::join`], [`Sfu::offer`], …) and time
+//! ([`Sfu::handle_timeout`]); it drains [`Sfu::poll_transmit`] (datagrams to send) and
+//! [`Sfu::poll_notice`] (events for a session's signaling connection).
+//!
+//! One `Sfu` holds whole rooms: a room never spans two of them, so a driver shards rooms over
+//! threads and nothing on the per-packet path is shared.
+//!
+//! Forwarding is at the RTP level (str0m's RTP mode). Each incoming packet's payload is one
+//! reference-counted buffer shared by every subscriber's outgoing packet and by each
+//! subscriber's retransmission cache, so fan-out copies no media. Per subscriber the SFU picks
+//! a simulcast layer ([`layer`]), switches only at a keyframe ([`keyframe`]) and keeps the
+//! outgoing sequence numbers and timestamps continuous ([`participant::Rewriter`]).
+
+pub mod keyframe;
+pub mod layer;
+pub mod messages;
+mod participant;
+mod track;
+
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
+use str0m::rtp::{RtpPacket, RtpWrite, SeqNo};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcError};
+
+pub use str0m::net::{Protocol, Transmit};
+
+use self::layer::LayerPrefs;
+use self::messages::{Appended, Audience, MessageLog};
+use self::participant::{ChannelRole, Participant, PublishMeta, Subscription};
+use self::track::{Track, RATE_WINDOW};
+use crate::stun;
+
+/// Identifies a session on this node. The driver gives each shard its own range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParticipantId(pub u64);
+
+impl std::fmt::Display for ParticipantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "p{:x}", self.0)
+    }
+}
+
+/// What a session may do (from its access token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Publishes media, receives controls, sends room messages to players.
+    Device,
+    /// Subscribes, sends controls and input to the device.
+    Player,
+    /// Subscribes only.
+    Viewer,
+}
+
+impl Role {
+    pub fn can_publish(self) -> bool {
+        self == Role::Device
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Device => "device",
+            Role::Player => "player",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// Host candidates offered to every session (the SFU's UDP addresses as clients reach them).
+    pub udp_candidates: Vec<SocketAddr>,
+    /// Passive ICE-TCP candidates.
+    pub tcp_candidates: Vec<SocketAddr>,
+    /// At most one keyframe request per publisher track per this interval.
+    pub keyframe_interval: Duration,
+    /// A published track without media for this long is reported stalled.
+    pub stall_after: Duration,
+    /// Room messages kept for clients that reconnect.
+    pub message_log: usize,
+    /// Largest data-channel message accepted.
+    pub max_message_bytes: usize,
+    /// Packets each outgoing video stream keeps for retransmission on NACK.
+    pub rtx_cache_packets: usize,
+    /// Bandwidth estimate a subscriber starts from, before TWCC feedback arrives.
+    pub initial_estimate_bps: u64,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        Self {
+            udp_candidates: Vec::new(),
+            tcp_candidates: Vec::new(),
+            keyframe_interval: Duration::from_secs(1),
+            stall_after: Duration::from_secs(5),
+            message_log: 1024,
+            max_message_bytes: 16 * 1024,
+            rtx_cache_packets: 512,
+            initial_estimate_bps: 1_500_000,
+        }
+    }
+}
+
+/// A request the SFU refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SfuError {
+    #[error("no such session")]
+    UnknownParticipant,
+    #[error("no track {0:?} in this room")]
+    UnknownTrack(String),
+    #[error("a {0} may not {1}")]
+    Forbidden(&'static str, &'static str),
+    #[error("invalid SDP: {0}")]
+    BadSdp(String),
+    #[error("invalid ICE candidate: {0}")]
+    BadCandidate(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("media negotiation failed: {0}")]
+    Negotiation(String),
+}
+
+impl SfuError {
+    /// The stable, documented code (docs/signaling.md).
+    pub fn code(&self) -> &'static str {
+        match self {
+            SfuError::UnknownParticipant => "not_joined",
+            SfuError::UnknownTrack(_) => "unknown_track",
+            SfuError::Forbidden(..) => "forbidden",
+            SfuError::BadSdp(_) => "bad_sdp",
+            SfuError::BadCandidate(_) => "bad_candidate",
+            SfuError::BadRequest(_) => "bad_request",
+            SfuError::Negotiation(_) => "negotiation_failed",
+        }
+    }
+}
+
+/// A published track as signaling describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackInfo {
+    pub id: String,
+    pub publisher: String,
+    pub kind: &'static str,
+    pub name: String,
+    pub layers: Vec<String>,
+    pub codec: Option<String>,
+    pub muted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParticipantInfo {
+    pub id: String,
+    pub identity: String,
+    pub role: Role,
+}
+
+/// Something a session's signaling connection should hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// ICE and DTLS are up.
+    Connected,
+    /// The SFU ended the session (ICE timed out, or its WebRTC state failed).
+    Disconnected {
+        reason: String,
+    },
+    ParticipantJoined(ParticipantInfo),
+    ParticipantLeft {
+        id: String,
+        identity: String,
+    },
+    TrackPublished(TrackInfo),
+    TrackUnpublished {
+        track: String,
+    },
+    TrackMuted {
+        track: String,
+        muted: bool,
+    },
+    /// This session's own `publish` took effect.
+    Published {
+        track: String,
+        mid: String,
+    },
+    /// This session's `subscribe` is active: media for `track` flows on `mid`.
+    Subscribed {
+        track: String,
+        mid: String,
+    },
+    Unsubscribed {
+        track: String,
+    },
+    /// The simulcast layer forwarded to this session changed.
+    LayerChanged {
+        track: String,
+        layer: Option<String>,
+    },
+    /// A published track stopped (or resumed) carrying media.
+    TrackStalled {
+        track: String,
+        stalled: bool,
+    },
+    /// An asynchronous refusal (a request's own errors are returned to it directly).
+    Error {
+        code: &'static str,
+        message: String,
+    },
+}
+
+/// A device as `GET /v1/rooms` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSummary {
+    pub room: String,
+    pub identity: String,
+    pub live: bool,
+    pub viewers: usize,
+    pub bitrate_bps: u64,
+    pub tracks: Vec<String>,
+}
+
+/// Counters the driver exports; all only increase.
+#[derive(Debug, Default, Clone)]
+pub struct SfuStats {
+    pub joins: u64,
+    pub leaves: u64,
+    pub disconnects: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// RTP forwarded to subscribers.
+    pub forwarded: u64,
+    /// PLI/FIR received from subscribers.
+    pub keyframe_requests_in: u64,
+    /// PLI sent to publishers (after aggregation, plus those for joins and layer switches).
+    pub keyframe_requests_out: u64,
+    pub layer_switches: u64,
+    pub room_messages: u64,
+    pub input_messages: u64,
+    pub message_errors: u64,
+    /// Datagrams that no session claimed.
+    pub unknown_source: u64,
+    /// Datagrams a session's WebRTC stack rejected.
+    pub rtc_input_errors: u64,
+    /// Media a session sent without being allowed to publish.
+    pub forbidden_media: u64,
+    /// Packets a subscriber could not take (no common codec).
+    pub codec_mismatch: u64,
+    pub stalls: u64,
+}
+
+struct Outputs {
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<(ParticipantId, Event)>,
+    timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
+    notices: VecDeque<(ParticipantId, Notice)>,
+}
+
+pub struct JoinRequest<'a> {
+    pub room: &'a str,
+    pub identity: &'a str,
+    pub role: Role,
+    /// The last room message sequence the client saw, to resume from.
+    pub resume_from: Option<u64>,
+}
+
+struct Room {
+    members: Vec<ParticipantId>,
+    log: MessageLog,
+}
+
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// Bound on event processing per input, so no loop runs unbounded.
+const MAX_EVENTS_PER_INPUT: usize = 100_000;
+/// Source addresses remembered per session.
+const MAX_ADDRS: usize = 8;
+
+pub struct Sfu {
+    cfg: SfuConfig,
+    next_id: u64,
+    dtls_cert: DtlsCert,
+    participants: HashMap<ParticipantId, Participant>,
+    tracks: HashMap<Arc<str>, Track>,
+    rooms: HashMap<Arc<str>, Room>,
+    by_addr: HashMap<SocketAddr, ParticipantId>,
+    by_ufrag: HashMap<String, ParticipantId>,
+    out: Outputs,
+    stats: SfuStats,
+    next_housekeeping: Instant,
+    next_window: Instant,
+    /// Join-to-first-media-sent times, drained by the driver into a histogram.
+    first_media: Vec<Duration>,
+}
+
+impl Sfu {
+    /// An SFU shard whose session ids start at `id_base`.
+    ///
+    /// One DTLS certificate serves every session of the shard, so a join costs no key
+    /// generation. Fails only when the crypto provider cannot make a certificate.
+    pub fn new(cfg: SfuConfig, id_base: u64, now: Instant) -> Result<Self, SfuError> {
+        let provider = str0m::crypto::from_feature_flags();
+        let dtls_cert: DtlsCert = provider
+            .dtls_provider
+            .generate_certificate()
+            .ok_or_else(|| SfuError::Negotiation("cannot generate a DTLS certificate".into()))?;
+        Ok(Self {
+            cfg,
+            next_id: id_base,
+            dtls_cert,
+            participants: HashMap::new(),
+            tracks: HashMap::new(),
+            rooms: HashMap::new(),
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            out: Outputs {
+                transmits: VecDeque::new(),
+                events: VecDeque::new(),
+                timers: BinaryHeap::new(),
+                notices: VecDeque::new(),
+            },
+            stats: SfuStats::default(),
+            next_housekeeping: now + HOUSEKEEPING,
+            next_window: now + RATE_WINDOW,
+            first_media: Vec::new(),
+        })
+    }
+
+    pub fn stats(&self) -> &SfuStats {
+        &self.stats
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    pub fn track_count(&self) -> usize {
+        self.tracks.len()
+    }
+
+    /// (publishers, subscriptions) right now.
+    pub fn publisher_subscriber_counts(&self) -> (usize, usize) {
+        let publishers = self
+            .participants
+            .values()
+            .filter(|p| !p.published.is_empty())
+            .count();
+        let subs = self.participants.values().map(|p| p.subs.len()).sum();
+        (publishers, subs)
+    }
+
+    pub fn take_first_media_latencies(&mut self) -> Vec<Duration> {
+        std::mem::take(&mut self.first_media)
+    }
+
+    /// Which session owns a local ICE username fragment.
+    pub fn owner_of_ufrag(&self, ufrag: &str) -> Option<ParticipantId> {
+        self.by_ufrag.get(ufrag).copied()
+    }
+
+    /// Adds a session to `room`. Its WebRTC connection starts with its first offer.
+    pub fn join(&mut self, req: JoinRequest<'_>, now: Instant) -> ParticipantId {
+        self.next_id += 1;
+        let id = ParticipantId(self.next_id);
+        let creds = IceCreds::new();
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_local_ice_credentials(creds.clone())
+            .set_dtls_cert(self.dtls_cert.clone())
+            .enable_bwe(Some(Bitrate::bps(self.cfg.initial_estimate_bps)))
+            .set_send_buffer_video(self.cfg.rtx_cache_packets)
+            .set_stats_interval(None)
+            .build(now);
+        for addr in &self.cfg.udp_candidates {
+            if let Ok(c) = Candidate::host(*addr, "udp") {
+                rtc.add_local_candidate(c);
+            }
+        }
+        for addr in &self.cfg.tcp_candidates {
+            if let Ok(c) = Candidate::builder()
+                .tcp()
+                .host(*addr)
+                .tcptype(str0m::net::TcpType::Passive)
+                .build()
+            {
+                rtc.add_local_candidate(c);
+            }
+        }
+        let room: Arc<str> = Arc::from(req.room);
+        let identity: Arc<str> = Arc::from(req.identity);
+        let p = Participant {
+            id,
+            room: room.clone(),
+            identity: identity.clone(),
+            role: req.role,
+            rtc,
+            ufrag: creds.ufrag.clone(),
+            timeout: now,
+            scheduled: None,
+            joined_at: now,
+            connected: false,
+            addrs: Vec::new(),
+            published: HashMap::new(),
+            publish_meta: HashMap::new(),
+            subs: HashMap::new(),
+            wanted: HashMap::new(),
+            channels: HashMap::new(),
+            resume_from: req.resume_from,
+            estimate_bps: None,
+            first_media_sent: false,
+        };
+        self.by_ufrag.insert(creds.ufrag, id);
+        let info = ParticipantInfo {
+            id: id.to_string(),
+            identity: identity.to_string(),
+            role: req.role,
+        };
+        let log = self.cfg.message_log;
+        let r = self.rooms.entry(room).or_insert_with(|| Room {
+            members: Vec::new(),
+            log: MessageLog::new(log),
+        });
+        for other in &r.members {
+            self.out
+                .notices
+                .push_back((*other, Notice::ParticipantJoined(info.clone())));
+        }
+        r.members.push(id);
+        self.participants.insert(id, p);
+        self.stats.joins += 1;
+        self.drive(id, now);
+        id
+    }
+
+    /// The room's other sessions and its published tracks, as a joining client first sees them.
+    pub fn snapshot(&self, id: ParticipantId) -> (Vec<ParticipantInfo>, Vec<TrackInfo>) {
+        let Some(p) = self.participants.get(&id) else {
+            return (Vec::new(), Vec::new());
+        };
+        let Some(room) = self.rooms.get(&p.room) else {
+            return (Vec::new(), Vec::new());
+        };
+        let people = room
+            .members
+            .iter()
+            .filter(|m| **m != id)
+            .filter_map(|m| self.participants.get(m))
+            .map(|o| ParticipantInfo {
+                id: o.id.to_string(),
+                identity: o.identity.to_string(),
+                role: o.role,
+            })
+            .collect();
+        let tracks = room
+            .members
+            .iter()
+            .filter(|m| **m != id)
+            .filter_map(|m| self.participants.get(m))
+            .flat_map(|o| o.published.values())
+            .filter_map(|t| self.tracks.get(t))
+            .map(|t| self.track_info(t))
+            .collect();
+        (people, tracks)
+    }
+
+    /// Applies the client's SDP offer and returns our answer.
+    pub fn offer(
+        &mut self,
+        id: ParticipantId,
+        sdp: &str,
+        now: Instant,
+    ) -> Result<String, SfuError> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SfuError::UnknownParticipant)?;
+        let answer = p
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SfuError::Negotiation(e.to_string()))?;
+        self.drive(id, now);
+        Ok(answer.to_sdp_string())
+    }
+
+    /// A trickled remote candidate (`candidate:…`, with or without the `a=` prefix).
+    pub fn remote_candidate(
+        &mut self,
+        id: ParticipantId,
+        cand: &str,
+        now: Instant,
+    ) -> Result<(), SfuError> {
+        let text = cand.trim().trim_start_matches("a=");
+        let c =
+            Candidate::from_sdp_string(text).map_err(|e| SfuError::BadCandidate(e.to_string()))?;
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SfuError::UnknownParticipant)?;
+        p.rtc.add_remote_candidate(c);
+        self.drive(id, now);
+        Ok(())
+    }
+
+    /// Names a mid the client publishes (before or after the offer that carries it) and, for
+    /// simulcast, the size of each layer.
+    pub fn publish(
+        &mut self,
+        id: ParticipantId,
+        mid: &str,
+        name: Option<String>,
+        layers: Vec<(String, Option<u32>, Option<u32>)>,
+    ) -> Result<(), SfuError> {
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SfuError::UnknownParticipant)?;
+        if !p.role.can_publish() {
+            return Err(SfuError::Forbidden(p.role.as_str(), "publish"));
+        }
+        let mid = Mid::from(mid);
+        if let Some(track_id) = p.published.get(&mid).cloned() {
+            let room = p.room.clone();
+            let identity = p.identity.clone();
+            if let Some(t) = self.tracks.get_mut(&track_id) {
+                apply_meta(t, name, &layers);
+                let info = track_info(t, &identity);
+                self.notify_room(&room, Some(id), Notice::TrackPublished(info));
+            }
+        } else {
+            p.publish_meta.insert(mid, PublishMeta { name, layers });
+        }
+        Ok(())
+    }
+
+    /// Stops publishing one of this session's tracks.
+    pub fn unpublish(&mut self, id: ParticipantId, track: &str) -> Result<(), SfuError> {
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SfuError::UnknownParticipant)?;
+        let Some(mid) = p
+            .published
+            .iter()
+            .find(|(_, t)| &***t == track)
+            .map(|(m, _)| *m)
+        else {
+            return Err(SfuError::UnknownTrack(track.to_string()));
+        };
+        p.published.remove(&mid);
+        self.remove_track(track);
+        Ok(())
+    }
+
+    /// Receives `track` on the client's recvonly `mid` (which may be negotiated before or
+    /// after this call). Calling again for the same track changes only the preferences.
+    pub fn subscribe(
+        &mut self,
+        id: ParticipantId,
+        track: &str,
+        mid: &str,
+        prefs: LayerPrefs,
+        now: Instant,
+    ) -> Result<(), SfuError> {
+        let p = self
+            .participants
+            .get(&id)
+            .ok_or(SfuError::UnknownParticipant)?;
+        let Some(t) = self.tracks.get(track) else {
+            return Err(SfuError::UnknownTrack(track.to_string()));
+        };
+        let same_room = self
+            .participants
+            .get(&t.owner)
+            .is_some_and(|o| o.room == p.room);
+        if !same_room || t.owner == id {
+            return Err(SfuError::UnknownTrack(track.to_string()));
+        }
+        let track_id = t.id.clone();
+        if let Some((mid, _)) = p.subs.iter().find(|(_, s)| s.track == track_id) {
+            let mid = *mid;
+            let p = self.participants.get_mut(&id).expect("checked above");
+            if let Some(s) = p.subs.get_mut(&mid) {
+                s.prefs = prefs;
+            }
+            self.select_layer(id, mid, now);
+            return Ok(());
+        }
+        let mid = Mid::from(mid);
+        let negotiated = p
+            .rtc
+            .media(mid)
+            .is_some_and(|m| m.direction().is_sending() && m.kind() == t.kind);
+        let p = self.participants.get_mut(&id).expect("checked above");
+        if p.subs.contains_key(&mid) {
+            return Err(SfuError::BadRequest(format!(
+                "mid {mid} already carries another track; unsubscribe it first"
+            )));
+        }
+        if negotiated {
+            self.activate_subscription(id, mid, track_id, prefs, now);
+        } else {
+            p.wanted.insert(mid, (track_id, prefs));
+        }
+        Ok(())
+    }
+
+    pub fn unsubscribe(&mut self, id: ParticipantId, track: &str) -> Result<(), SfuError> {
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SfuError::UnknownParticipant)?;
+        p.wanted.retain(|_, (t, _)| &**t != track);
+        let Some(mid) = p
+            .subs
+            .iter()
+            .find(|(_, s)| &*s.track == track)
+            .map(|(m, _)| *m)
+        else {
+            return Err(SfuError::UnknownTrack(track.to_string()));
+        };
+        p.subs.remove(&mid);
+        if let Some(t) = self.tracks.get_mut(track) {
+            t.subscribers.retain(|(s, m)| !(*s == id && *m == mid));
+        }
+        self.out.notices.push_back((
+            id,
+            Notice::Unsubscribed {
+                track: track.to_string(),
+            },
+        ));
+        Ok(())
+    }
+
+    /// Mutes (stops forwarding) or unmutes one of this session's published tracks.
+    pub fn mute(
+        &mut self,
+        id: ParticipantId,
+        track: &str,
+        muted: bool,
+        now: Instant,
+    ) -> Result<(), SfuError> {
+        let p = self
+            .participants
+            .get(&id)
+            .ok_or(SfuError::UnknownParticipant)?;
+        let room = p.room.clone();
+        let t = self
+            .tracks
+            .get_mut(track)
+            .filter(|t| t.owner == id)
+            .ok_or_else(|| SfuError::UnknownTrack(track.to_string()))?;
+        if t.muted == muted {
+            return Ok(());
+        }
+        t.muted = muted;
+        let subscribers = t.subscribers.clone();
+        if !muted {
+            // Subscribers resume at a keyframe.
+            for (s, m) in &subscribers {
+                if let Some(sub) = self.participants.get_mut(s).and_then(|p| p.subs.get_mut(m)) {
+                    sub.current = None;
+                }
+            }
+            let layer = self
+                .tracks
+                .get(track)
+                .and_then(|t| t.layers.first())
+                .and_then(|l| l.rid);
+            self.request_keyframe(track, layer, now);
+        }
+        self.notify_room(
+            &room,
+            None,
+            Notice::TrackMuted {
+                track: track.to_string(),
+                muted,
+            },
+        );
+        Ok(())
+    }
+
+    /// Ends a session: its tracks are unpublished, its subscriptions dropped.
+    pub fn leave(&mut self, id: ParticipantId) {
+        let Some(mut p) = self.participants.remove(&id) else {
+            return;
+        };
+        p.rtc.disconnect();
+        self.stats.leaves += 1;
+        self.by_ufrag.remove(&p.ufrag);
+        for a in &p.addrs {
+            if self.by_addr.get(a) == Some(&id) {
+                self.by_addr.remove(a);
+            }
+        }
+        for (mid, s) in &p.subs {
+            if let Some(t) = self.tracks.get_mut(&s.track) {
+                t.subscribers.retain(|(sp, m)| !(*sp == id && m == mid));
+            }
+        }
+        for track in p.published.values() {
+            self.remove_track(track);
+        }
+        if let Some(r) = self.rooms.get_mut(&p.room) {
+            r.members.retain(|m| *m != id);
+            if r.members.is_empty() {
+                self.rooms.remove(&p.room);
+            } else {
+                self.notify_room(
+                    &p.room,
+                    None,
+                    Notice::ParticipantLeft {
+                        id: id.to_string(),
+                        identity: p.identity.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Feeds one datagram (or one framed TCP packet). Returns false when no session claims the
+    /// source: the caller may try another shard.
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) -> bool {
+        let id = match self.by_addr.get(&source) {
+            Some(id) => *id,
+            None => match stun_local_ufrag(contents).and_then(|u| self.by_ufrag.get(u)) {
+                Some(id) => {
+                    let id = *id;
+                    if let Some(p) = self.participants.get_mut(&id) {
+                        if p.addrs.len() < MAX_ADDRS {
+                            p.addrs.push(source);
+                            self.by_addr.insert(source, id);
+                        }
+                    }
+                    id
+                }
+                None => {
+                    self.stats.unknown_source += 1;
+                    return false;
+                }
+            },
+        };
+        let Some(p) = self.participants.get_mut(&id) else {
+            return false;
+        };
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += contents.len() as u64;
+        let Ok(datagram) = contents.try_into() else {
+            self.stats.rtc_input_errors += 1;
+            return true;
+        };
+        let input = Input::Receive(
+            now,
+            str0m::net::Receive {
+                proto,
+                source,
+                destination,
+                contents: datagram,
+            },
+        );
+        if p.rtc.handle_input(input).is_err() {
+            // A bad datagram is dropped; it never ends the session (it could be spoofed).
+            self.stats.rtc_input_errors += 1;
+        }
+        self.drive(id, now);
+        true
+    }
+
+    /// Advances time: session timers, keyframe aggregation, bitrates, stall detection.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // Collect first: a session's new deadline may again be `now`, and it is served on the
+        // next call rather than in an unbounded loop here.
+        let mut due = Vec::new();
+        while let Some(Reverse((at, id))) = self.out.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.out.timers.pop();
+            due.push((at, id));
+        }
+        for (at, id) in due {
+            let Some(p) = self.participants.get_mut(&id) else {
+                continue;
+            };
+            if p.scheduled != Some(at) {
+                continue;
+            }
+            p.scheduled = None;
+            if p.timeout <= now {
+                if p.rtc.handle_input(Input::Timeout(now)).is_err() {
+                    self.stats.rtc_input_errors += 1;
+                }
+                self.drive(id, now);
+            } else {
+                let t = p.timeout;
+                p.scheduled = Some(t);
+                self.out.timers.push(Reverse((t, id)));
+            }
+        }
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING;
+            self.housekeeping(now);
+        }
+        self.process_events(now);
+    }
+
+    /// When [`Sfu::handle_timeout`] should next be called.
+    pub fn poll_timeout(&mut self) -> Instant {
+        while let Some(Reverse((at, id))) = self.out.timers.peek().copied() {
+            let live = self
+                .participants
+                .get(&id)
+                .is_some_and(|p| p.scheduled == Some(at));
+            if live {
+                return at.min(self.next_housekeeping);
+            }
+            self.out.timers.pop();
+        }
+        self.next_housekeeping
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let t = self.out.transmits.pop_front()?;
+        self.stats.packets_out += 1;
+        self.stats.bytes_out += t.contents.len() as u64;
+        Some(t)
+    }
+
+    pub fn poll_notice(&mut self) -> Option<(ParticipantId, Notice)> {
+        self.out.notices.pop_front()
+    }
+
+    /// Devices in every room of this shard.
+    pub fn devices(&self, now: Instant) -> Vec<DeviceSummary> {
+        let mut out = Vec::new();
+        for (name, room) in &self.rooms {
+            for m in &room.members {
+                let Some(p) = self.participants.get(m) else {
+                    continue;
+                };
+                if p.role != Role::Device {
+                    continue;
+                }
+                let tracks: Vec<&Track> = p
+                    .published
+                    .values()
+                    .filter_map(|t| self.tracks.get(t))
+                    .collect();
+                let live = tracks.iter().any(|t| {
+                    t.kind == MediaKind::Video
+                        && !t.muted
+                        && t.last_media.is_some_and(|at| {
+                            now.saturating_duration_since(at) < self.cfg.stall_after
+                        })
+                });
+                let mut viewers: Vec<ParticipantId> = tracks
+                    .iter()
+                    .flat_map(|t| t.subscribers.iter().map(|(s, _)| *s))
+                    .collect();
+                viewers.sort();
+                viewers.dedup();
+                out.push(DeviceSummary {
+                    room: name.to_string(),
+                    identity: p.identity.to_string(),
+                    live,
+                    viewers: viewers.len(),
+                    bitrate_bps: tracks.iter().map(|t| t.bitrate_bps()).sum(),
+                    tracks: tracks.iter().map(|t| t.id.to_string()).collect(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Per published track: (room, track id, kind, bitrate, stalled), for metrics.
+    pub fn track_rates(&self) -> Vec<(String, String, &'static str, u64, bool)> {
+        self.tracks
+            .values()
+            .filter_map(|t| {
+                let p = self.participants.get(&t.owner)?;
+                Some((
+                    p.room.to_string(),
+                    t.id.to_string(),
+                    kind_str(t.kind),
+                    t.bitrate_bps(),
+                    t.stalled,
+                ))
+            })
+            .collect()
+    }
+
+    // ---- internals ----
+
+    /// Drains one session's output (the single-mutation rule: after every mutation).
+    fn drive(&mut self, id: ParticipantId, now: Instant) {
+        let failed = match self.participants.get_mut(&id) {
+            Some(p) => drain(p, &mut self.out).is_err() || !p.rtc.is_alive(),
+            None => return,
+        };
+        if failed {
+            self.disconnect(id, "webrtc_failed");
+        }
+        self.process_events(now);
+    }
+
+    fn disconnect(&mut self, id: ParticipantId, reason: &str) {
+        if !self.participants.contains_key(&id) {
+            return;
+        }
+        self.stats.disconnects += 1;
+        self.out.notices.push_back((
+            id,
+            Notice::Disconnected {
+                reason: reason.to_string(),
+            },
+        ));
+        self.leave(id);
+    }
+
+    fn process_events(&mut self, now: Instant) {
+        let mut budget = MAX_EVENTS_PER_INPUT;
+        while let Some((id, ev)) = self.out.events.pop_front() {
+            budget -= 1;
+            if budget == 0 {
+                self.out.events.clear();
+                break;
+            }
+            self.handle_event(id, ev, now);
+        }
+    }
+
+    fn handle_event(&mut self, id: ParticipantId, ev: Event, now: Instant) {
+        match ev {
+            Event::Connected => {
+                if let Some(p) = self.participants.get_mut(&id) {
+                    p.connected = true;
+                }
+                self.out.notices.push_back((id, Notice::Connected));
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.disconnect(id, "ice_timeout");
+            }
+            Event::MediaAdded(m) => {
+                let rids: Vec<Rid> = m
+                    .simulcast
+                    .map(|s| s.recv.iter().map(|l| l.rid).collect())
+                    .unwrap_or_default();
+                self.media_negotiated(id, m.mid, m.kind, m.direction, &rids, now);
+            }
+            Event::MediaChanged(c) => {
+                let kind = self
+                    .participants
+                    .get(&id)
+                    .and_then(|p| p.rtc.media(c.mid))
+                    .map(|m| m.kind());
+                if let Some(kind) = kind {
+                    self.media_negotiated(id, c.mid, kind, c.direction, &[], now);
+                }
+            }
+            Event::RtpPacket(pkt) => self.forward(id, pkt, now),
+            Event::KeyframeRequest(req) => {
+                self.stats.keyframe_requests_in += 1;
+                let target = self
+                    .participants
+                    .get(&id)
+                    .and_then(|p| p.subs.get(&req.mid))
+                    .map(|s| (s.track.clone(), s.current.unwrap_or(s.target)));
+                if let Some((track, layer)) = target {
+                    self.request_keyframe(&track, layer, now);
+                }
+            }
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate: b, .. }) => {
+                let mids: Vec<Mid> = match self.participants.get_mut(&id) {
+                    Some(p) => {
+                        p.estimate_bps = Some(b.as_u64());
+                        p.subs.keys().copied().collect()
+                    }
+                    None => return,
+                };
+                for mid in mids {
+                    self.select_layer(id, mid, now);
+                }
+            }
+            Event::ChannelOpen(cid, label) => {
+                let replay = match self.participants.get_mut(&id) {
+                    Some(p) => {
+                        let role = ChannelRole::from_label(&label);
+                        p.channels.insert(cid, role);
+                        role == ChannelRole::Controls
+                    }
+                    None => return,
+                };
+                if replay {
+                    self.replay_messages(id, now);
+                }
+            }
+            Event::ChannelData(d) => self.channel_message(id, d.id, &d.data, now),
+            Event::ChannelClose(cid) => {
+                if let Some(p) = self.participants.get_mut(&id) {
+                    p.channels.remove(&cid);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A mid was negotiated (or renegotiated) with `direction` as seen from the SFU.
+    fn media_negotiated(
+        &mut self,
+        id: ParticipantId,
+        mid: Mid,
+        kind: MediaKind,
+        direction: Direction,
+        rids: &[Rid],
+        now: Instant,
+    ) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        // The client sends on this mid: a published track.
+        let published = p.published.get(&mid).cloned();
+        if direction.is_receiving() && published.is_none() && (kind.is_audio() || kind.is_video()) {
+            if !p.role.can_publish() {
+                let role = p.role.as_str();
+                self.out.notices.push_back((
+                    id,
+                    Notice::Error {
+                        code: "forbidden",
+                        message: format!("a {role} may not publish; media on mid {mid} is ignored"),
+                    },
+                ));
+            } else {
+                let track_id: Arc<str> = Arc::from(format!("{id}-{mid}"));
+                let mut t = Track::new(track_id.clone(), id, mid, kind, rids);
+                if let Some(meta) = p.publish_meta.remove(&mid) {
+                    apply_meta(&mut t, meta.name, &meta.layers);
+                }
+                p.published.insert(mid, track_id.clone());
+                let info = track_info(&t, &p.identity);
+                let room = p.room.clone();
+                self.tracks.insert(track_id.clone(), t);
+                self.out.notices.push_back((
+                    id,
+                    Notice::Published {
+                        track: track_id.to_string(),
+                        mid: mid.to_string(),
+                    },
+                ));
+                self.notify_room(&room, Some(id), Notice::TrackPublished(info));
+            }
+        } else if !direction.is_receiving() {
+            if let Some(track) = published {
+                p.published.remove(&mid);
+                self.remove_track(&track);
+            }
+        }
+        // The client receives on this mid: a subscription slot.
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        if direction.is_sending() {
+            if let Some((track, prefs)) = p.wanted.remove(&mid) {
+                let kind_ok = self.tracks.get(&track).is_some_and(|t| t.kind == kind);
+                if kind_ok {
+                    self.activate_subscription(id, mid, track, prefs, now);
+                } else {
+                    self.out.notices.push_back((
+                        id,
+                        Notice::Error {
+                            code: "bad_request",
+                            message: format!(
+                                "mid {mid} is {kind}, which does not match track {track}"
+                            ),
+                        },
+                    ));
+                }
+            }
+        } else if let Some(s) = p.subs.remove(&mid) {
+            if let Some(t) = self.tracks.get_mut(&s.track) {
+                t.subscribers.retain(|(sp, m)| !(*sp == id && *m == mid));
+            }
+        }
+    }
+
+    fn activate_subscription(
+        &mut self,
+        id: ParticipantId,
+        mid: Mid,
+        track: Arc<str>,
+        prefs: LayerPrefs,
+        now: Instant,
+    ) {
+        let Some(t) = self.tracks.get_mut(&track) else {
+            self.out.notices.push_back((
+                id,
+                Notice::Error {
+                    code: "unknown_track",
+                    message: format!("track {track} is gone"),
+                },
+            ));
+            return;
+        };
+        t.subscribers.push((id, mid));
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        p.subs.insert(mid, Subscription::new(track.clone(), prefs));
+        self.out.notices.push_back((
+            id,
+            Notice::Subscribed {
+                track: track.to_string(),
+                mid: mid.to_string(),
+            },
+        ));
+        self.select_layer(id, mid, now);
+        // A new subscriber needs a keyframe to start decoding.
+        let layer = self
+            .participants
+            .get(&id)
+            .and_then(|p| p.subs.get(&mid))
+            .map(|s| s.target);
+        if let Some(layer) = layer {
+            self.request_keyframe(&track, layer, now);
+        }
+    }
+
+    /// Re-evaluates which layer subscription `mid` of `id` should receive.
+    fn select_layer(&mut self, id: ParticipantId, mid: Mid, now: Instant) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        let estimate = p.estimate_bps;
+        let Some(s) = p.subs.get_mut(&mid) else {
+            return;
+        };
+        let Some(t) = self.tracks.get(&s.track) else {
+            return;
+        };
+        let views = t.layer_views(now);
+        let chosen = if views.len() <= 1 {
+            Some(t.layers.first().and_then(|l| l.rid))
+        } else {
+            layer::choose(&views, &s.prefs, estimate)
+                .and_then(|i| t.rid_named(views[i].rid.as_deref()))
+        };
+        let Some(target) = chosen else {
+            return;
+        };
+        if s.target != target || s.current.is_none() {
+            let changed = s.target != target;
+            s.target = target;
+            let track = s.track.clone();
+            if changed && s.current.is_some() {
+                self.request_keyframe(&track, target, now);
+            }
+        }
+    }
+
+    fn request_keyframe(&mut self, track: &str, layer: Option<Rid>, now: Instant) {
+        let Some(t) = self.tracks.get_mut(track) else {
+            return;
+        };
+        let due = t.keyframes.request(layer, now, self.cfg.keyframe_interval);
+        let (owner, mid) = (t.owner, t.mid);
+        self.send_keyframe_requests(owner, mid, due, now);
+    }
+
+    fn send_keyframe_requests(
+        &mut self,
+        owner: ParticipantId,
+        mid: Mid,
+        layers: Vec<Option<Rid>>,
+        now: Instant,
+    ) {
+        if layers.is_empty() {
+            return;
+        }
+        let Some(p) = self.participants.get_mut(&owner) else {
+            return;
+        };
+        for rid in layers {
+            if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, rid) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+                self.stats.keyframe_requests_out += 1;
+            }
+            if drain(p, &mut self.out).is_err() {
+                break;
+            }
+        }
+        self.drive(owner, now);
+    }
+
+    fn forward(&mut self, from: ParticipantId, pkt: RtpPacket, now: Instant) {
+        let Some(p) = self.participants.get_mut(&from) else {
+            return;
+        };
+        let ssrc = pkt.header.ssrc;
+        let Some((mid, rid)) = p
+            .rtc
+            .direct_api()
+            .stream_rx(&ssrc)
+            .map(|s| (s.mid(), s.rid()))
+        else {
+            return;
+        };
+        let Some(track_id) = p.published.get(&mid) else {
+            self.stats.forbidden_media += 1;
+            return;
+        };
+        let Some(t) = self.tracks.get_mut(track_id) else {
+            return;
+        };
+        if t.codec.is_none() {
+            t.codec = codec_of(p.rtc.codec_config().params(), pkt.header.payload_type)
+                .map(|c| c.spec().codec);
+        }
+        let pub_params = p
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|c| c.pt() == pkt.header.payload_type)
+            .cloned();
+        t.on_packet(rid, pkt.payload.len(), now);
+        let track_id = track_id.clone();
+        if t.stalled {
+            t.stalled = false;
+            let (room, track) = (p.room.clone(), t.id.to_string());
+            self.notify_room(
+                &room,
+                None,
+                Notice::TrackStalled {
+                    track,
+                    stalled: false,
+                },
+            );
+        }
+        let Some(t) = self.tracks.get_mut(&track_id) else {
+            return;
+        };
+        if t.muted || t.subscribers.is_empty() {
+            return;
+        }
+        let (Some(codec), Some(pub_params)) = (t.codec, pub_params) else {
+            return;
+        };
+        let clock_rate = pub_params.spec().clock_rate.get();
+        let is_simulcast = t.layers.len() > 1;
+        let subscribers = std::mem::take(&mut t.subscribers);
+        let track_name = t.id.clone();
+        let mut keyframe: Option<bool> = None;
+        let mut stale: Vec<(ParticipantId, Mid)> = Vec::new();
+        for &(sid, smid) in &subscribers {
+            let Some(sp) = self.participants.get_mut(&sid) else {
+                stale.push((sid, smid));
+                continue;
+            };
+            let Some(sub) = sp.subs.get_mut(&smid) else {
+                stale.push((sid, smid));
+                continue;
+            };
+            if sub.current != Some(rid) {
+                if sub.target != rid {
+                    continue;
+                }
+                let kf =
+                    *keyframe.get_or_insert_with(|| keyframe::starts_keyframe(codec, &pkt.payload));
+                if !kf {
+                    continue;
+                }
+                let was = sub.current;
+                sub.current = Some(rid);
+                sub.rewrite
+                    .switch(*pkt.seq_no, pkt.header.timestamp, clock_rate, now);
+                if was.is_some() {
+                    self.stats.layer_switches += 1;
+                }
+                if is_simulcast {
+                    self.out.notices.push_back((
+                        sid,
+                        Notice::LayerChanged {
+                            track: track_name.to_string(),
+                            layer: rid.map(|r| r.to_string()),
+                        },
+                    ));
+                }
+            }
+            let Some((seq, ts)) = sub.rewrite.map(*pkt.seq_no, pkt.header.timestamp, now) else {
+                continue;
+            };
+            let pt = match sub.pt_map.iter().find(|(from, _)| *from == pub_params.pt()) {
+                Some((_, to)) => *to,
+                None => {
+                    let to = matching_pt(sp.rtc.codec_config().params(), &pub_params);
+                    sub.pt_map.push((pub_params.pt(), to));
+                    to
+                }
+            };
+            let Some(pt) = pt else {
+                self.stats.codec_mismatch += 1;
+                continue;
+            };
+            let ext = str0m::rtp::ExtensionValues {
+                audio_level: pkt.header.ext_vals.audio_level,
+                voice_activity: pkt.header.ext_vals.voice_activity,
+                video_orientation: pkt.header.ext_vals.video_orientation,
+                ..Default::default()
+            };
+            let mut api = sp.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(smid, None) else {
+                continue;
+            };
+            tx.write_rtp(
+                RtpWrite::new(pt, SeqNo::from(seq), ts, pkt.timestamp, pkt.payload.clone())
+                    .marker(pkt.header.marker)
+                    .ext_vals(ext)
+                    .nackable(true),
+            );
+            self.stats.forwarded += 1;
+            if !sp.first_media_sent && codec.is_video() {
+                sp.first_media_sent = true;
+                self.first_media
+                    .push(now.saturating_duration_since(sp.joined_at));
+            }
+            if drain(sp, &mut self.out).is_err() {
+                stale.push((sid, smid));
+            }
+        }
+        if let Some(t) = self.tracks.get_mut(&track_name) {
+            let mut subs = subscribers;
+            subs.retain(|s| !stale.contains(s));
+            // Subscriptions added while forwarding (none today) are kept.
+            subs.append(&mut t.subscribers);
+            t.subscribers = subs;
+        }
+    }
+
+    fn channel_message(
+        &mut self,
+        id: ParticipantId,
+        cid: str0m::channel::ChannelId,
+        data: &[u8],
+        now: Instant,
+    ) {
+        let Some(p) = self.participants.get(&id) else {
+            return;
+        };
+        let Some(&role) = p.channels.get(&cid) else {
+            return;
+        };
+        let sender_role = p.role;
+        let from = p.identity.clone();
+        let room = p.room.clone();
+        if role == ChannelRole::Other {
+            return;
+        }
+        if data.len() > self.cfg.max_message_bytes {
+            let msg = format!(
+                "message of {} bytes is over the {} byte limit",
+                data.len(),
+                self.cfg.max_message_bytes
+            );
+            self.reply_error(id, cid, None, "too_large", &msg, now);
+            return;
+        }
+        let env: Envelope = match serde_json::from_slice(data) {
+            Ok(e) => e,
+            Err(e) => {
+                self.reply_error(
+                    id,
+                    cid,
+                    None,
+                    "bad_message",
+                    &format!("expected {{\"id\":N,\"data\":…}}: {e}"),
+                    now,
+                );
+                return;
+            }
+        };
+        let to = match sender_role {
+            Role::Player => Audience::Devices,
+            Role::Device => Audience::Players,
+            Role::Viewer => {
+                self.reply_error(
+                    id,
+                    cid,
+                    env.id,
+                    "forbidden",
+                    "a viewer may not send messages",
+                    now,
+                );
+                return;
+            }
+        };
+        let data_json: Arc<str> = Arc::from(env.data.get());
+        if role == ChannelRole::Input {
+            // Unsequenced, unacknowledged: latest-wins input goes straight through.
+            self.stats.input_messages += 1;
+            let line = format!("{{\"from\":{},\"data\":{}}}", json_string(&from), data_json);
+            self.deliver(&room, to, ChannelRole::Input, line.as_bytes(), now);
+            return;
+        }
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let appended = r.log.append(&from, env.id, to, data_json.clone());
+        let seq = match appended {
+            Appended::New(seq) => {
+                self.stats.room_messages += 1;
+                let line = format!(
+                    "{{\"seq\":{seq},\"from\":{},\"data\":{}}}",
+                    json_string(&from),
+                    data_json
+                );
+                self.deliver(&room, to, ChannelRole::Controls, line.as_bytes(), now);
+                seq
+            }
+            Appended::Duplicate(seq) => seq,
+        };
+        let ack = match env.id {
+            Some(cid_) => format!("{{\"ack\":{cid_},\"seq\":{seq}}}"),
+            None => format!("{{\"ack\":null,\"seq\":{seq}}}"),
+        };
+        self.write_channel(id, cid, ack.as_bytes(), now);
+    }
+
+    /// Writes `line` to every member of `room` in `audience`, on its channel of `prefer` (falling
+    /// back to its controls channel).
+    fn deliver(
+        &mut self,
+        room: &str,
+        audience: Audience,
+        prefer: ChannelRole,
+        line: &[u8],
+        now: Instant,
+    ) {
+        let members = match self.rooms.get(room) {
+            Some(r) => r.members.clone(),
+            None => return,
+        };
+        for m in members {
+            let Some(p) = self.participants.get(&m) else {
+                continue;
+            };
+            let wanted = match audience {
+                Audience::Devices => p.role == Role::Device,
+                Audience::Players => p.role == Role::Player,
+            };
+            if !wanted {
+                continue;
+            }
+            let ch = p
+                .channel_for(prefer)
+                .or_else(|| p.channel_for(ChannelRole::Controls));
+            if let Some(ch) = ch {
+                self.write_channel(m, ch, line, now);
+            }
+        }
+    }
+
+    fn write_channel(
+        &mut self,
+        id: ParticipantId,
+        cid: str0m::channel::ChannelId,
+        line: &[u8],
+        now: Instant,
+    ) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        if let Some(mut ch) = p.rtc.channel(cid) {
+            let _ = ch.write(false, line);
+        }
+        self.drive(id, now);
+    }
+
+    fn reply_error(
+        &mut self,
+        id: ParticipantId,
+        cid: str0m::channel::ChannelId,
+        msg_id: Option<u64>,
+        code: &str,
+        message: &str,
+        now: Instant,
+    ) {
+        self.stats.message_errors += 1;
+        let id_json = msg_id.map_or("null".to_string(), |i| i.to_string());
+        let line = format!(
+            "{{\"error\":{{\"id\":{id_json},\"code\":{},\"message\":{}}}}}",
+            json_string(code),
+            json_string(message)
+        );
+        self.write_channel(id, cid, line.as_bytes(), now);
+    }
+
+    /// On a (re)opened controls channel: the room messages the client missed.
+    fn replay_messages(&mut self, id: ParticipantId, now: Instant) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        let Some(after) = p.resume_from.take() else {
+            return;
+        };
+        let audience = match p.role {
+            Role::Device => Audience::Devices,
+            Role::Player => Audience::Players,
+            Role::Viewer => return,
+        };
+        let Some(cid) = p.channel_for(ChannelRole::Controls) else {
+            return;
+        };
+        let Some(r) = self.rooms.get(&p.room) else {
+            return;
+        };
+        let (entries, gap) = r.log.since(after, audience);
+        if let Some((a, b)) = gap {
+            let line = format!("{{\"gap\":{{\"from\":{a},\"to\":{b}}}}}");
+            self.write_channel(id, cid, line.as_bytes(), now);
+        }
+        for e in entries {
+            let line = format!(
+                "{{\"seq\":{},\"from\":{},\"data\":{}}}",
+                e.seq,
+                json_string(&e.from),
+                e.data
+            );
+            self.write_channel(id, cid, line.as_bytes(), now);
+        }
+    }
+
+    fn remove_track(&mut self, track: &str) {
+        let Some(t) = self.tracks.remove(track) else {
+            return;
+        };
+        for (sid, smid) in &t.subscribers {
+            if let Some(sp) = self.participants.get_mut(sid) {
+                sp.subs.remove(smid);
+            }
+        }
+        if let Some(owner) = self.participants.get(&t.owner) {
+            let room = owner.room.clone();
+            self.notify_room(
+                &room,
+                Some(t.owner),
+                Notice::TrackUnpublished {
+                    track: track.to_string(),
+                },
+            );
+        } else {
+            for (sid, _) in &t.subscribers {
+                self.out.notices.push_back((
+                    *sid,
+                    Notice::TrackUnpublished {
+                        track: track.to_string(),
+                    },
+                ));
+            }
+        }
+    }
+
+    fn notify_room(&mut self, room: &str, except: Option<ParticipantId>, notice: Notice) {
+        if let Some(r) = self.rooms.get(room) {
+            for m in &r.members {
+                if Some(*m) != except {
+                    self.out.notices.push_back((*m, notice.clone()));
+                }
+            }
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        // Held-back keyframe requests that are now due.
+        let due: Vec<(ParticipantId, Mid, Vec<Option<Rid>>)> = self
+            .tracks
+            .values_mut()
+            .filter_map(|t| {
+                let layers = t.keyframes.release(now, self.cfg.keyframe_interval);
+                (!layers.is_empty()).then_some((t.owner, t.mid, layers))
+            })
+            .collect();
+        for (owner, mid, layers) in due {
+            self.send_keyframe_requests(owner, mid, layers, now);
+        }
+        if now < self.next_window {
+            return;
+        }
+        let elapsed = RATE_WINDOW + now.saturating_duration_since(self.next_window);
+        self.next_window = now + RATE_WINDOW;
+        let mut stalled = Vec::new();
+        for t in self.tracks.values_mut() {
+            t.roll_window(elapsed);
+            let since = t
+                .last_media
+                .map_or(Duration::MAX, |at| now.saturating_duration_since(at));
+            if !t.stalled && !t.muted && since >= self.cfg.stall_after {
+                t.stalled = true;
+                self.stats.stalls += 1;
+                stalled.push((t.owner, t.id.to_string()));
+            }
+        }
+        for (owner, track) in stalled {
+            if let Some(room) = self.participants.get(&owner).map(|p| p.room.clone()) {
+                self.notify_room(
+                    &room,
+                    None,
+                    Notice::TrackStalled {
+                        track,
+                        stalled: true,
+                    },
+                );
+            }
+        }
+        let subs: Vec<(ParticipantId, Mid)> = self
+            .participants
+            .values()
+            .flat_map(|p| p.subs.keys().map(move |m| (p.id, *m)))
+            .collect();
+        for (id, mid) in subs {
+            self.select_layer(id, mid, now);
+        }
+    }
+
+    fn track_info(&self, t: &Track) -> TrackInfo {
+        let publisher = self
+            .participants
+            .get(&t.owner)
+            .map(|p| p.identity.clone())
+            .unwrap_or_else(|| Arc::from(""));
+        track_info(t, &publisher)
+    }
+}
+
+/// Polls one session until it has nothing more to say.
+fn drain(p: &mut Participant, out: &mut Outputs) -> Result<(), RtcError> {
+    loop {
+        match p.rtc.poll_output()? {
+            Output::Timeout(t) => {
+                p.timeout = t;
+                if p.scheduled.is_none_or(|s| t < s) {
+                    p.scheduled = Some(t);
+                    out.timers.push(Reverse((t, p.id)));
+                }
+                return Ok(());
+            }
+            Output::Transmit(t) => out.transmits.push_back(t),
+            Output::Event(e) => out.events.push_back((p.id, e)),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    id: Option<u64>,
+    data: Box<serde_json::value::RawValue>,
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+fn kind_str(k: MediaKind) -> &'static str {
+    if k.is_audio() {
+        "audio"
+    } else {
+        "video"
+    }
+}
+
+fn track_info(t: &Track, publisher: &str) -> TrackInfo {
+    TrackInfo {
+        id: t.id.to_string(),
+        publisher: publisher.to_string(),
+        kind: kind_str(t.kind),
+        name: t.name.clone(),
+        layers: t
+            .layers
+            .iter()
+            .filter_map(|l| l.rid.map(|r| r.to_string()))
+            .collect(),
+        codec: t.codec.map(|c| c.to_string()),
+        muted: t.muted,
+    }
+}
+
+fn apply_meta(t: &mut Track, name: Option<String>, layers: &[(String, Option<u32>, Option<u32>)]) {
+    if let Some(n) = name {
+        t.name = n;
+    }
+    for (rid, w, h) in layers {
+        if let Some(l) = t
+            .layers
+            .iter_mut()
+            .find(|l| l.rid.map(|r| r.to_string()).as_deref() == Some(rid.as_str()))
+        {
+            l.width = *w;
+            l.height = *h;
+        }
+    }
+}
+
+fn codec_of(params: &[PayloadParams], pt: Pt) -> Option<&PayloadParams> {
+    params.iter().find(|c| c.pt() == pt)
+}
+
+/// The subscriber's payload type for the publisher's codec: same codec and, for H.264, the
+/// same packetization mode and profile.
+fn matching_pt(sub: &[PayloadParams], publ: &PayloadParams) -> Option<Pt> {
+    let want = publ.spec();
+    let same_codec = |p: &&PayloadParams| p.spec().codec == want.codec;
+    if want.codec == Codec::H264 {
+        let exact = sub.iter().filter(same_codec).find(|p| {
+            let f = p.spec().format;
+            f.packetization_mode == want.format.packetization_mode
+                && f.profile_level_id.map(|x| x >> 8)
+                    == want.format.profile_level_id.map(|x| x >> 8)
+        });
+        if let Some(p) = exact {
+            return Some(p.pt());
+        }
+    }
+    sub.iter().find(same_codec).map(|p| p.pt())
+}
+
+/// The local ICE ufrag of a STUN binding request (`USERNAME` is `local:remote`).
+fn stun_local_ufrag(buf: &[u8]) -> Option<&str> {
+    // STUN starts with two zero bits and carries the magic cookie.
+    if buf.len() < 20 || buf[0] & 0xc0 != 0 {
+        return None;
+    }
+    let msg = stun::Message::parse(buf).ok()?;
+    let user = msg.text(stun::attr::USERNAME)?.ok()?;
+    user.split(':').next()
+}

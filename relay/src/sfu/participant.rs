@@ -1,0 +1,204 @@
+//! One session: its str0m `Rtc`, the tracks it publishes, the tracks it receives and how each
+//! outgoing stream's sequence numbers and timestamps are rewritten across layer switches.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::channel::ChannelId;
+use str0m::media::{Mid, Pt, Rid};
+use str0m::Rtc;
+
+use super::layer::LayerPrefs;
+use super::{ParticipantId, Role};
+
+/// What a data channel is for, from its label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelRole {
+    /// Reliable, ordered: sequenced room messages.
+    Controls,
+    /// Unordered, no retransmissions: latest-wins input, not sequenced.
+    Input,
+    Other,
+}
+
+impl ChannelRole {
+    pub fn from_label(label: &str) -> Self {
+        match label {
+            "controls" => Self::Controls,
+            "input" => Self::Input,
+            _ => Self::Other,
+        }
+    }
+}
+
+pub struct Participant {
+    pub id: ParticipantId,
+    pub room: Arc<str>,
+    pub identity: Arc<str>,
+    pub role: Role,
+    pub rtc: Rtc,
+    pub ufrag: String,
+    pub timeout: Instant,
+    /// The earliest timer entry queued for this session.
+    pub scheduled: Option<Instant>,
+    pub joined_at: Instant,
+    pub connected: bool,
+    /// Source addresses seen for this session (for the demux table).
+    pub addrs: Vec<SocketAddr>,
+    /// Published tracks by our receiving mid.
+    pub published: HashMap<Mid, Arc<str>>,
+    /// Publisher-declared metadata for mids not yet negotiated.
+    pub publish_meta: HashMap<Mid, PublishMeta>,
+    /// Tracks this session receives, by our sending mid.
+    pub subs: HashMap<Mid, Subscription>,
+    /// `subscribe` requests whose mid is not negotiated yet.
+    pub wanted: HashMap<Mid, (Arc<str>, LayerPrefs)>,
+    pub channels: HashMap<ChannelId, ChannelRole>,
+    /// Last room message sequence the client saw (from `join`), replayed from on open.
+    pub resume_from: Option<u64>,
+    pub estimate_bps: Option<u64>,
+    /// Whether the first media packet has been sent to this session (join-to-first-frame).
+    pub first_media_sent: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PublishMeta {
+    pub name: Option<String>,
+    pub layers: Vec<(String, Option<u32>, Option<u32>)>,
+}
+
+impl Participant {
+    pub fn channel_for(&self, role: ChannelRole) -> Option<ChannelId> {
+        self.channels
+            .iter()
+            .find(|(_, r)| **r == role)
+            .map(|(id, _)| *id)
+    }
+}
+
+pub struct Subscription {
+    pub track: Arc<str>,
+    pub prefs: LayerPrefs,
+    /// The layer being forwarded (`None` until the first keyframe on `target`).
+    pub current: Option<Option<Rid>>,
+    /// The layer wanted; the switch happens at its next keyframe.
+    pub target: Option<Rid>,
+    pub rewrite: Rewriter,
+    /// Publisher payload type → ours, learned on the first packet of each.
+    pub pt_map: Vec<(Pt, Option<Pt>)>,
+}
+
+impl Subscription {
+    pub fn new(track: Arc<str>, prefs: LayerPrefs) -> Self {
+        Self {
+            track,
+            prefs,
+            current: None,
+            target: None,
+            rewrite: Rewriter::default(),
+            pt_map: Vec::new(),
+        }
+    }
+}
+
+/// Keeps one outgoing RTP stream continuous while its source changes (simulcast layers each
+/// have their own sequence numbers and timestamp bases).
+#[derive(Debug, Default, Clone)]
+pub struct Rewriter {
+    seq_offset: u64,
+    ts_offset: u32,
+    /// First incoming sequence number of the current source: older packets of it predate the
+    /// switch and are dropped.
+    switch_seq: u64,
+    last_out_seq: Option<u64>,
+    last_out_ts: u32,
+    last_at: Option<Instant>,
+}
+
+/// Outgoing streams start below 2^16 so the receiver needs no out-of-band rollover counter.
+const FIRST_OUT_SEQ: u64 = 1;
+
+impl Rewriter {
+    /// Starts forwarding from a new source at a keyframe packet (`seq`, `ts`).
+    pub fn switch(&mut self, seq: u64, ts: u32, clock_rate: u32, now: Instant) {
+        let next = self.last_out_seq.map_or(FIRST_OUT_SEQ, |s| s + 1);
+        self.seq_offset = next.wrapping_sub(seq);
+        self.switch_seq = seq;
+        let out_ts = match self.last_at {
+            // Keep the previous source's timestamps, advanced by the wall time since its last
+            // packet (at least one tick) so the receiver sees time move forward.
+            Some(at) => {
+                let ticks = now.saturating_duration_since(at).as_micros() as u64
+                    * clock_rate as u64
+                    / 1_000_000;
+                self.last_out_ts.wrapping_add(ticks.max(1) as u32)
+            }
+            None => ts,
+        };
+        self.ts_offset = out_ts.wrapping_sub(ts);
+    }
+
+    /// The outgoing (sequence number, timestamp) for a packet of the current source, or
+    /// `None` for a packet from before the switch.
+    pub fn map(&mut self, seq: u64, ts: u32, now: Instant) -> Option<(u64, u32)> {
+        if seq < self.switch_seq {
+            return None;
+        }
+        let out_seq = seq.wrapping_add(self.seq_offset);
+        let out_ts = ts.wrapping_add(self.ts_offset);
+        if self.last_out_seq.is_none_or(|s| out_seq > s) {
+            self.last_out_seq = Some(out_seq);
+            self.last_out_ts = out_ts;
+            self.last_at = Some(now);
+        }
+        Some((out_seq, out_ts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn first_source_starts_low_and_keeps_timestamps() {
+        let t0 = Instant::now();
+        let mut r = Rewriter::default();
+        r.switch(70_000, 5000, 90_000, t0);
+        assert_eq!(r.map(70_000, 5000, t0), Some((1, 5000)));
+        assert_eq!(r.map(70_001, 5000, t0), Some((2, 5000)));
+        assert_eq!(r.map(70_003, 8000, t0), Some((4, 8000)));
+        // Reordered within the source: still mapped.
+        assert_eq!(r.map(70_002, 5000, t0), Some((3, 5000)));
+        // From before the switch: dropped.
+        assert_eq!(r.map(69_999, 1000, t0), None);
+    }
+
+    #[test]
+    fn switch_continues_sequence_and_advances_time() {
+        let t0 = Instant::now();
+        let mut r = Rewriter::default();
+        r.switch(100, 1_000, 90_000, t0);
+        r.map(100, 1_000, t0);
+        r.map(101, 4_000, t0);
+        // 100 ms later another layer with unrelated numbering takes over.
+        let t1 = t0 + Duration::from_millis(100);
+        r.switch(9_000, 777_777, 90_000, t1);
+        assert_eq!(r.map(9_000, 777_777, t1), Some((3, 4_000 + 9_000)));
+        assert_eq!(r.map(9_001, 777_777 + 3_000, t1), Some((4, 4_000 + 12_000)));
+        // A switch with no time passing still moves the clock by one tick.
+        r.switch(50, 10, 90_000, t1);
+        assert_eq!(r.map(50, 10, t1), Some((5, 4_000 + 12_000 + 1)));
+    }
+
+    #[test]
+    fn timestamps_wrap() {
+        let t0 = Instant::now();
+        let mut r = Rewriter::default();
+        r.switch(1, u32::MAX - 10, 90_000, t0);
+        r.map(1, u32::MAX - 10, t0);
+        assert_eq!(r.map(2, 20, t0), Some((2, 20)));
+    }
+}

@@ -1,0 +1,582 @@
+//! The SFU core against real WebRTC peers (str0m client `Rtc`s) over an in-memory network
+//! with a simulated clock: no sockets, no sleeping, deterministic.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpAnswer;
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::rtp::{RtpWrite, SeqNo};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+use super::layer::LayerPrefs;
+use super::*;
+
+const SERVER: &str = "10.0.0.1:7882";
+
+struct Client {
+    rtc: Rtc,
+    addr: SocketAddr,
+    id: ParticipantId,
+    events: Vec<Event>,
+    notices: Vec<Notice>,
+    controls: Option<ChannelId>,
+}
+
+struct Net {
+    now: Instant,
+    sfu: Sfu,
+    clients: Vec<Client>,
+}
+
+impl Net {
+    fn new() -> Self {
+        let now = Instant::now();
+        let cfg = SfuConfig {
+            udp_candidates: vec![SERVER.parse().unwrap()],
+            ..Default::default()
+        };
+        Self {
+            now,
+            sfu: Sfu::new(cfg, 0, now).unwrap(),
+            clients: Vec::new(),
+        }
+    }
+
+    /// A client joins `room`; `setup` adds its media/channels before the first offer.
+    fn join(
+        &mut self,
+        role: Role,
+        identity: &str,
+        setup: impl FnOnce(&mut str0m::change::SdpApi) -> Vec<Mid>,
+    ) -> (usize, Vec<Mid>) {
+        let n = self.clients.len();
+        let addr: SocketAddr = format!("10.0.1.{}:5000", n + 1).parse().unwrap();
+        let mut rtc = Rtc::builder().set_rtp_mode(true).build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let id = self.sfu.join(
+            JoinRequest {
+                room: "arena",
+                identity,
+                role,
+                resume_from: None,
+            },
+            self.now,
+        );
+        let mut api = rtc.sdp_api();
+        let mids = setup(&mut api);
+        let (offer, pending) = api.apply().expect("an offer");
+        let answer = self
+            .sfu
+            .offer(id, &offer.to_sdp_string(), self.now)
+            .expect("answer");
+        rtc.sdp_api()
+            .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+            .unwrap();
+        self.clients.push(Client {
+            rtc,
+            addr,
+            id,
+            events: Vec::new(),
+            notices: Vec::new(),
+            controls: None,
+        });
+        (n, mids)
+    }
+
+    /// Renegotiates client `c` (client offers, SFU answers).
+    fn renegotiate(
+        &mut self,
+        c: usize,
+        change: impl FnOnce(&mut str0m::change::SdpApi) -> Vec<Mid>,
+    ) -> Vec<Mid> {
+        let id = self.clients[c].id;
+        let mut api = self.clients[c].rtc.sdp_api();
+        let mids = change(&mut api);
+        let (offer, pending) = api.apply().expect("an offer");
+        let answer = self
+            .sfu
+            .offer(id, &offer.to_sdp_string(), self.now)
+            .expect("answer");
+        self.clients[c]
+            .rtc
+            .sdp_api()
+            .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+            .unwrap();
+        mids
+    }
+
+    /// Moves all pending packets, then advances the clock by `step`. Every input to a client
+    /// is followed by draining it (str0m's single-mutation rule).
+    fn tick(&mut self, step: Duration) {
+        for _ in 0..50 {
+            let mut to_sfu = Vec::new();
+            for c in &mut self.clients {
+                drain_client(c, &mut to_sfu);
+            }
+            let mut moved = !to_sfu.is_empty();
+            for t in to_sfu {
+                self.sfu
+                    .handle_receive(self.now, t.proto, t.source, t.destination, &t.contents);
+            }
+            while let Some(t) = self.sfu.poll_transmit() {
+                moved = true;
+                if let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.destination) {
+                    let input = Input::Receive(
+                        self.now,
+                        str0m::net::Receive {
+                            proto: t.proto,
+                            source: t.source,
+                            destination: t.destination,
+                            contents: (&*t.contents).try_into().unwrap(),
+                        },
+                    );
+                    c.rtc.handle_input(input).unwrap();
+                    let mut replies = Vec::new();
+                    drain_client(c, &mut replies);
+                    for r in replies {
+                        self.sfu.handle_receive(
+                            self.now,
+                            r.proto,
+                            r.source,
+                            r.destination,
+                            &r.contents,
+                        );
+                    }
+                }
+            }
+            while let Some((id, n)) = self.sfu.poll_notice() {
+                if let Some(c) = self.clients.iter_mut().find(|c| c.id == id) {
+                    c.notices.push(n);
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        self.now += step;
+        self.sfu.handle_timeout(self.now);
+        for c in &mut self.clients {
+            c.rtc.handle_input(Input::Timeout(self.now)).unwrap();
+        }
+    }
+
+    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Net) -> bool) -> bool {
+        let end = self.now + limit;
+        while self.now < end {
+            if done(self) {
+                return true;
+            }
+            self.tick(Duration::from_millis(5));
+        }
+        done(self)
+    }
+
+    fn connected(&self, c: usize) -> bool {
+        self.clients[c]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Connected))
+    }
+
+    fn track_of(&self, c: usize) -> Option<String> {
+        self.clients[c].notices.iter().find_map(|n| match n {
+            Notice::Published { track, .. } => Some(track.clone()),
+            _ => None,
+        })
+    }
+
+    /// Publisher writes one VP8 packet (keyframe start when `key`) with sequence `seq`.
+    fn send_vp8(&mut self, c: usize, mid: Mid, seq: u64, key: bool) -> Vec<u8> {
+        let now = self.now;
+        let rtc = &mut self.clients[c].rtc;
+        let pt = rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
+            .unwrap()
+            .pt();
+        // Descriptor S=1 PID=0, then the frame tag (P bit clear for a keyframe).
+        let mut payload = vec![0x10, if key { 0x00 } else { 0x01 }];
+        payload.extend((0..100u8).map(|i| i.wrapping_mul(seq as u8)));
+        let mut api = rtc.direct_api();
+        let tx = api.stream_tx_by_mid(mid, None).expect("publisher stream");
+        tx.write_rtp(
+            RtpWrite::new(
+                pt,
+                SeqNo::from(seq),
+                (seq * 3000) as u32,
+                now,
+                payload.clone(),
+            )
+            .marker(true),
+        );
+        payload
+    }
+
+    fn received_payloads(&self, c: usize) -> Vec<Vec<u8>> {
+        self.clients[c]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::RtpPacket(p) => Some(p.payload.to_vec()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn keyframe_requests_seen(&self, c: usize) -> usize {
+        self.clients[c]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::KeyframeRequest(_)))
+            .count()
+    }
+}
+
+fn drain_client(c: &mut Client, out: &mut Vec<str0m::net::Transmit>) {
+    loop {
+        match c.rtc.poll_output().unwrap() {
+            Output::Timeout(_) => return,
+            Output::Transmit(t) => out.push(t),
+            Output::Event(e) => {
+                if let Event::ChannelOpen(id, label) = &e {
+                    if label == "controls" {
+                        c.controls = Some(*id);
+                    }
+                }
+                c.events.push(e)
+            }
+        }
+    }
+}
+
+fn publish_video(api: &mut str0m::change::SdpApi) -> Vec<Mid> {
+    vec![api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None)]
+}
+
+fn controls(api: &mut str0m::change::SdpApi) {
+    api.add_channel_with_config(ChannelConfig {
+        label: "controls".into(),
+        ordered: true,
+        reliability: Reliability::Reliable,
+        ..Default::default()
+    });
+}
+
+/// Device publishing video, connected; returns (client index, mid, track id).
+fn device(net: &mut Net) -> (usize, Mid, String) {
+    let (d, mids) = net.join(Role::Device, "rig-1", |api| {
+        controls(api);
+        publish_video(api)
+    });
+    assert!(
+        net.run_until(Duration::from_secs(5), |n| n.connected(d)),
+        "device connects"
+    );
+    let track = net.track_of(d).expect("published notice");
+    (d, mids[0], track)
+}
+
+fn player(net: &mut Net, identity: &str, track: &str) -> (usize, Mid) {
+    let (c, mids) = net.join(Role::Player, identity, |api| {
+        controls(api);
+        vec![api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None)]
+    });
+    let id = net.clients[c].id;
+    net.sfu
+        .subscribe(
+            id,
+            track,
+            &mids[0].to_string(),
+            LayerPrefs::default(),
+            net.now,
+        )
+        .expect("subscribe");
+    assert!(
+        net.run_until(Duration::from_secs(5), |n| n.connected(c)),
+        "player connects"
+    );
+    (c, mids[0])
+}
+
+#[test]
+fn forwards_rtp_payloads_intact_from_a_keyframe_on() {
+    let mut net = Net::new();
+    let (d, mid, track) = device(&mut net);
+    let (p, _) = player(&mut net, "alice", &track);
+    assert!(net.clients[p]
+        .notices
+        .iter()
+        .any(|n| matches!(n, Notice::Subscribed { track: t, .. } if *t == track)));
+    // The subscriber joined: the device is asked for a keyframe.
+    assert!(net.run_until(Duration::from_secs(1), |n| n.keyframe_requests_seen(d) >= 1));
+
+    // Delta frames before any keyframe are not forwarded (the decoder could not use them).
+    net.send_vp8(d, mid, 1, false);
+    net.tick(Duration::from_millis(5));
+    assert!(net.received_payloads(p).is_empty());
+
+    let mut sent = Vec::new();
+    sent.push(net.send_vp8(d, mid, 2, true));
+    net.tick(Duration::from_millis(5));
+    for seq in 3..40 {
+        sent.push(net.send_vp8(d, mid, seq, false));
+        net.tick(Duration::from_millis(5));
+    }
+    net.run_until(Duration::from_secs(1), |n| {
+        n.received_payloads(p).len() >= sent.len()
+    });
+    let got = net.received_payloads(p);
+    let missing: Vec<usize> = (0..sent.len())
+        .filter(|i| !got.contains(&sent[*i]))
+        .collect();
+    assert!(missing.is_empty(), "missing {missing:?} of {}", sent.len());
+    assert!(got == sent, "payloads arrived out of order or altered");
+    // Sequence numbers are continuous from the first forwarded packet.
+    let seqs: Vec<u64> = net.clients[p]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RtpPacket(p) => Some(*p.seq_no),
+            _ => None,
+        })
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert!(net.sfu.stats().forwarded >= sent.len() as u64);
+    let devices = net.sfu.devices(net.now);
+    assert_eq!(devices.len(), 1);
+    assert!(devices[0].live);
+    assert_eq!(devices[0].viewers, 1);
+}
+
+#[test]
+fn keyframe_requests_from_many_subscribers_reach_the_publisher_once_per_second() {
+    let mut net = Net::new();
+    let (d, mid, track) = device(&mut net);
+    let mut players = Vec::new();
+    for i in 0..5 {
+        players.push(player(&mut net, &format!("p{i}"), &track));
+    }
+    // Let the join-time requests settle, then count from a clean slate.
+    net.send_vp8(d, mid, 1, true);
+    net.run_until(Duration::from_secs(2), |_| false);
+    net.clients[d].events.clear();
+    let requests_in = net.sfu.stats().keyframe_requests_in;
+    // Every subscriber sends a PLI every 50 ms for 3 seconds: 300 requests.
+    for seq in 2..62 {
+        for &(c, m) in &players {
+            if let Some(rx) = net.clients[c].rtc.direct_api().stream_rx_by_mid(m, None) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+            }
+        }
+        net.send_vp8(d, mid, seq, false);
+        net.tick(Duration::from_millis(50));
+    }
+    net.run_until(Duration::from_millis(200), |_| false);
+    let arrived = net.sfu.stats().keyframe_requests_in - requests_in;
+    assert!(
+        arrived >= 100,
+        "subscribers' PLIs reached the SFU: {arrived}"
+    );
+    let forwarded = net.keyframe_requests_seen(d);
+    assert!(
+        (2..=4).contains(&forwarded),
+        "publisher saw {forwarded} keyframe requests in ~3.2 s"
+    );
+}
+
+#[test]
+fn controls_are_sequenced_acknowledged_and_deduplicated() {
+    let mut net = Net::new();
+    let (d, _mid, track) = device(&mut net);
+    let (p, _) = player(&mut net, "alice", &track);
+    assert!(
+        net.run_until(Duration::from_secs(2), |n| n.clients[d].controls.is_some()
+            && n.clients[p].controls.is_some())
+    );
+
+    let write = |net: &mut Net, c: usize, text: &str| {
+        let ch = net.clients[c].controls.unwrap();
+        net.clients[c]
+            .rtc
+            .channel(ch)
+            .unwrap()
+            .write(false, text.as_bytes())
+            .unwrap();
+    };
+    let texts = |net: &Net, c: usize| -> Vec<String> {
+        net.clients[c]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ChannelData(d) => Some(String::from_utf8_lossy(&d.data).into_owned()),
+                _ => None,
+            })
+            .collect()
+    };
+    write(&mut net, p, r#"{"id":1,"data":{"key":"up"}}"#);
+    write(&mut net, p, r#"{"id":2,"data":{"key":"left"}}"#);
+    // A resend of id 1 (as after a reconnect): acknowledged again, not delivered again.
+    write(&mut net, p, r#"{"id":1,"data":{"key":"up"}}"#);
+    assert!(net.run_until(Duration::from_secs(1), |n| texts(n, p).len() >= 3));
+    assert_eq!(
+        texts(&net, d),
+        vec![
+            r#"{"seq":1,"from":"alice","data":{"key":"up"}}"#,
+            r#"{"seq":2,"from":"alice","data":{"key":"left"}}"#,
+        ]
+    );
+    assert_eq!(
+        texts(&net, p),
+        vec![
+            r#"{"ack":1,"seq":1}"#,
+            r#"{"ack":2,"seq":2}"#,
+            r#"{"ack":1,"seq":1}"#
+        ]
+    );
+    // The device answers: broadcast to players, acknowledged to the device.
+    write(&mut net, d, r#"{"id":7,"data":"ok"}"#);
+    assert!(net.run_until(Duration::from_secs(1), |n| texts(n, p).len() >= 4));
+    assert_eq!(texts(&net, p)[3], r#"{"seq":3,"from":"rig-1","data":"ok"}"#);
+    // Malformed and oversized messages get an error on the same channel; the session stays.
+    write(&mut net, p, "not json");
+    write(
+        &mut net,
+        p,
+        &format!(r#"{{"id":9,"data":"{}"}}"#, "x".repeat(20_000)),
+    );
+    assert!(net.run_until(Duration::from_secs(1), |n| texts(n, p).len() >= 6));
+    let t = texts(&net, p);
+    assert!(t[4].contains(r#""code":"bad_message""#), "{}", t[4]);
+    assert!(t[5].contains(r#""code":"too_large""#), "{}", t[5]);
+    assert_eq!(net.sfu.stats().message_errors, 2);
+    write(&mut net, p, r#"{"id":3,"data":1}"#);
+    assert!(net.run_until(Duration::from_secs(1), |n| texts(n, d).len() >= 3));
+}
+
+#[test]
+fn players_may_not_publish_and_unknown_tracks_are_refused() {
+    let mut net = Net::new();
+    let (_d, _mid, track) = device(&mut net);
+    let (p, _) = net.join(Role::Player, "mallory", publish_video);
+    net.run_until(Duration::from_secs(2), |n| n.connected(p));
+    assert!(net.clients[p].notices.iter().any(|n| matches!(
+        n,
+        Notice::Error {
+            code: "forbidden",
+            ..
+        }
+    )));
+    assert_eq!(net.sfu.track_count(), 1);
+    let id = net.clients[p].id;
+    let err = net
+        .sfu
+        .subscribe(id, "p99-0", "1", LayerPrefs::default(), net.now);
+    assert_eq!(err.unwrap_err().code(), "unknown_track");
+    assert_eq!(
+        net.sfu.publish(id, "0", None, vec![]).unwrap_err().code(),
+        "forbidden"
+    );
+    assert_eq!(
+        net.sfu.offer(id, "v=garbage", net.now).unwrap_err().code(),
+        "bad_sdp"
+    );
+    assert_eq!(
+        net.sfu
+            .remote_candidate(id, "candidate:nonsense", net.now)
+            .unwrap_err()
+            .code(),
+        "bad_candidate"
+    );
+    // The device's track is untouched by all of that.
+    assert!(net
+        .sfu
+        .subscribe(id, &track, "9", LayerPrefs::default(), net.now)
+        .is_ok());
+}
+
+#[test]
+fn leaving_unpublishes_and_notifies_the_room() {
+    let mut net = Net::new();
+    let (d, mid, track) = device(&mut net);
+    let (p, _) = player(&mut net, "alice", &track);
+    net.send_vp8(d, mid, 1, true);
+    net.run_until(Duration::from_millis(200), |_| false);
+    let did = net.clients[d].id;
+    net.sfu.leave(did);
+    net.tick(Duration::from_millis(5));
+    let n = &net.clients[p].notices;
+    assert!(n
+        .iter()
+        .any(|x| matches!(x, Notice::TrackUnpublished { track: t } if *t == track)));
+    assert!(n
+        .iter()
+        .any(|x| matches!(x, Notice::ParticipantLeft { identity, .. } if identity == "rig-1")));
+    assert_eq!(net.sfu.track_count(), 0);
+    assert!(net.sfu.devices(net.now).is_empty());
+    // Datagrams from the departed session's address are no longer claimed.
+    let before = net.sfu.stats().unknown_source;
+    let from = net.clients[d].addr;
+    assert!(!net.sfu.handle_receive(
+        net.now,
+        Protocol::Udp,
+        from,
+        SERVER.parse().unwrap(),
+        &[0x80, 0, 0, 1]
+    ));
+    assert_eq!(net.sfu.stats().unknown_source, before + 1);
+}
+
+#[test]
+fn subscription_negotiated_before_subscribe_and_renegotiation() {
+    let mut net = Net::new();
+    let (d, mid, track) = device(&mut net);
+    // Player connects with data only, then adds a recvonly video in a second offer.
+    let (p, _) = net.join(Role::Player, "bob", |api| {
+        controls(api);
+        vec![]
+    });
+    assert!(net.run_until(Duration::from_secs(3), |n| n.connected(p)));
+    let mids = net.renegotiate(p, |api| {
+        vec![api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None)]
+    });
+    let id = net.clients[p].id;
+    net.sfu
+        .subscribe(
+            id,
+            &track,
+            &mids[0].to_string(),
+            LayerPrefs::default(),
+            net.now,
+        )
+        .unwrap();
+    net.run_until(Duration::from_millis(100), |_| false);
+    let sent = net.send_vp8(d, mid, 10, true);
+    assert!(net.run_until(Duration::from_secs(1), |n| !n
+        .received_payloads(p)
+        .is_empty()));
+    assert_eq!(net.received_payloads(p)[0], sent);
+}
+
+#[test]
+fn stalled_publisher_is_reported_then_clears() {
+    let mut net = Net::new();
+    let (d, mid, track) = device(&mut net);
+    let (p, _) = player(&mut net, "alice", &track);
+    net.send_vp8(d, mid, 1, true);
+    net.run_until(Duration::from_secs(7), |_| false);
+    let stalled = |n: &Net, want: bool| {
+        n.clients[p]
+            .notices
+            .iter()
+            .any(|x| matches!(x, Notice::TrackStalled { stalled, .. } if *stalled == want))
+    };
+    assert!(stalled(&net, true));
+    assert!(!net.sfu.devices(net.now)[0].live);
+    assert_eq!(net.sfu.stats().stalls, 1);
+    net.send_vp8(d, mid, 2, true);
+    assert!(net.run_until(Duration::from_secs(1), |n| stalled(n, false)));
+}
