@@ -165,7 +165,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn serve(config: Option<PathBuf>, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
     let (cfg, embedded) = match &config {
         Some(path) => (Config::load(path)?, false),
-        None => (Config::embedded(random_secret()), true),
+        None => {
+            let mut cfg = Config::embedded(random_secret());
+            if cfg.signaling.api_keys.is_empty() {
+                // Loopback dev node: a per-run key signs the pages' dev tokens.
+                cfg.signaling.api_keys.push(meridian_config::ApiKey {
+                    key: "dev".into(),
+                    secret: random_secret(),
+                });
+            }
+            (cfg, true)
+        }
     };
     init_logging(&cfg)?;
     if embedded {
@@ -182,7 +192,34 @@ fn serve(config: Option<PathBuf>, ready_file: Option<PathBuf>) -> anyhow::Result
             "  For a deployment: meridian serve --config FILE (see config/meridian.example.toml)."
         );
     }
-    meridian_relay::net::run(cfg, meridian_relay::net::RunOptions { ready_file })?;
+    let signaling_cfg = cfg.clone();
+    let attach: meridian_relay::net::Attach = Box::new(move |ctx| {
+        Box::pin(async move {
+            let addr = meridian_signaling::start(
+                &signaling_cfg,
+                ctx.sfu,
+                (ctx.turn_udp, ctx.turn_tcp, ctx.turn_tls),
+                ctx.ready,
+            )
+            .await?;
+            let scheme = if signaling_cfg.signaling.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            eprintln!(
+                "meridian: signaling API on {scheme}://{addr} (WebSocket /v1/ws, rooms /v1/rooms)"
+            );
+            Ok(vec![("http".to_string(), addr)])
+        })
+    });
+    meridian_relay::net::run(
+        cfg,
+        meridian_relay::net::RunOptions {
+            ready_file,
+            attach: Some(attach),
+        },
+    )?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 //! default, unknown keys are rejected, and errors name the line, the key, what was expected
 //! and what was found.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnet::IpNet;
@@ -35,9 +35,11 @@ impl Config {
     /// validates and returns it.
     ///
     /// The embedded default listens on loopback only (UDP and TCP 127.0.0.1:3478, admin
-    /// 127.0.0.1:9478), relays on 127.0.0.1, and allows relaying to loopback peers
-    /// (`security.allow_peers = ["127.0.0.0/8", "::1/128"]`) since only local clients can
-    /// reach it.
+    /// 127.0.0.1:9478, signaling API 127.0.0.1:7880, SFU UDP 127.0.0.1:7882 and ICE-TCP
+    /// 127.0.0.1:7881), relays on 127.0.0.1, and, since only local clients can reach it,
+    /// differs from [`Config::default`] in two keys: it allows relaying to loopback peers
+    /// (`security.allow_peers = ["127.0.0.0/8", "::1/128"]`) and hands out development
+    /// tokens to the demo pages (`signaling.dev_tokens = true`).
     ///
     /// # Panics
     ///
@@ -115,6 +117,16 @@ impl Config {
             n => n,
         }
     }
+
+    /// Effective SFU thread count: `sfu.workers`, or the available parallelism when 0.
+    pub fn sfu_worker_count(&self) -> usize {
+        match self.sfu.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        }
+    }
 }
 
 /// The whole node configuration.
@@ -130,6 +142,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub drain: DrainConfig,
     pub signaling: SignalingConfig,
+    pub sfu: SfuConfig,
 }
 
 /// `[node]`: identity of this node.
@@ -405,23 +418,102 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
-/// `[signaling]`: access tokens for the signaling API.
+/// `[signaling]`: the HTTP/WebSocket API (signaling, WHIP/WHEP, SDK and pages) and its access
+/// tokens.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SignalingConfig {
+    /// HTTP/WebSocket API listener (signaling, WHIP/WHEP, SDK and pages).
+    /// Default: "127.0.0.1:7880". Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with `tls_key`, the API is served over HTTPS/WSS. Default: none.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key; with `tls_cert`, the API is served over HTTPS/WSS. Default: none.
+    pub tls_key: Option<PathBuf>,
     /// API keys whose secrets sign access tokens; all are accepted, the first signs tokens
     /// minted by `meridian token`. Also from `MERIDIAN_API_KEYS` ("key:secret,key2:secret2").
     /// Default: [].
     pub api_keys: Vec<ApiKey>,
     /// Lifetime of tokens minted by `meridian token`, in seconds. Default: 3600.
     pub token_ttl_secs: u64,
+    /// `GET /v1/dev-token` hands out tokens to anyone (for the demo pages). Default: false
+    /// (the embedded default sets it: it listens on loopback only). On a listener that is not
+    /// loopback it also needs `dev_tokens_public`.
+    pub dev_tokens: bool,
+    /// Explicit opt-in to `dev_tokens` on a listener that is not loopback. Default: false.
+    pub dev_tokens_public: bool,
+    /// Largest WebSocket message accepted, in bytes. Default: 65536.
+    pub max_message_bytes: usize,
+    /// Sustained WebSocket messages per second accepted from one connection (token bucket).
+    /// Default: 50.
+    pub messages_per_sec: u32,
+    /// Burst allowance for the above (the bucket size). Default: 100.
+    pub message_burst: u32,
+    /// A WebSocket must send `join` within this many seconds. Default: 10.
+    pub join_timeout_secs: u64,
 }
 
 impl Default for SignalingConfig {
     fn default() -> Self {
         SignalingConfig {
+            listen: "127.0.0.1:7880".parse().unwrap(),
+            tls_cert: None,
+            tls_key: None,
             api_keys: vec![],
             token_ttl_secs: 3600,
+            dev_tokens: false,
+            dev_tokens_public: false,
+            max_message_bytes: 65536,
+            messages_per_sec: 50,
+            message_burst: 100,
+            join_timeout_secs: 10,
+        }
+    }
+}
+
+/// `[sfu]`: the selective forwarding unit (media sessions of rooms).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SfuConfig {
+    /// The one UDP socket all SFU sessions share. Default: "127.0.0.1:7882". Port 0 picks a
+    /// free port.
+    pub udp: SocketAddr,
+    /// ICE-TCP (passive) listeners, for networks that block UDP. Default: ["127.0.0.1:7881"];
+    /// [] disables ICE-TCP.
+    pub tcp: Vec<SocketAddr>,
+    /// Address advertised in ICE candidates when the node sits behind 1:1 NAT. Default: none
+    /// (the listener address). Required when a listener binds to 0.0.0.0 or ::.
+    pub public_ip: Option<IpAddr>,
+    /// SFU threads. 0 = one per core. Default: 0.
+    pub workers: usize,
+    /// At most one keyframe request per publisher track per this many milliseconds.
+    /// Default: 1000.
+    pub keyframe_interval_ms: u64,
+    /// A published track with no media for this many seconds is reported stalled. Default: 5.
+    pub stall_after_secs: u64,
+    /// Room messages kept per room for clients that reconnect. Default: 1024.
+    pub message_log: usize,
+    /// Largest data-channel message accepted, in bytes. Default: 16384.
+    pub max_data_message_bytes: usize,
+    /// Packets kept per outgoing video stream for NACK retransmission. Default: 512.
+    pub rtx_cache_packets: usize,
+    /// Bandwidth estimate a subscriber starts from, in kilobits per second. Default: 1500.
+    pub initial_bitrate_kbps: u64,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        SfuConfig {
+            udp: "127.0.0.1:7882".parse().unwrap(),
+            tcp: vec!["127.0.0.1:7881".parse().unwrap()],
+            public_ip: None,
+            workers: 0,
+            keyframe_interval_ms: 1000,
+            stall_after_secs: 5,
+            message_log: 1024,
+            max_data_message_bytes: 16384,
+            rtx_cache_packets: 512,
+            initial_bitrate_kbps: 1500,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Unit tests of parsing, validation, environment overrides and the shipped TOML files.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use super::*;
@@ -94,19 +94,45 @@ fn defaults() {
     assert_eq!(c.limits.allocation_bandwidth_kbps, 0);
     assert!(c.security.allow_peers.is_empty() && c.security.deny_peers.is_empty());
     assert_eq!(c.drain.deadline_secs, 60);
+    assert_eq!(c.signaling.listen, sock("127.0.0.1:7880"));
+    assert_eq!(
+        (&c.signaling.tls_cert, &c.signaling.tls_key),
+        (&None, &None)
+    );
+    assert!(c.signaling.api_keys.is_empty());
+    assert_eq!(c.signaling.token_ttl_secs, 3600);
+    assert!(!c.signaling.dev_tokens && !c.signaling.dev_tokens_public);
+    assert_eq!(c.signaling.max_message_bytes, 65536);
+    assert_eq!(c.signaling.messages_per_sec, 50);
+    assert_eq!(c.signaling.message_burst, 100);
+    assert_eq!(c.signaling.join_timeout_secs, 10);
+    assert_eq!(c.sfu.udp, sock("127.0.0.1:7882"));
+    assert_eq!(c.sfu.tcp, vec![sock("127.0.0.1:7881")]);
+    assert_eq!(c.sfu.public_ip, None);
+    assert_eq!(c.sfu.workers, 0);
+    assert_eq!(c.sfu.keyframe_interval_ms, 1000);
+    assert_eq!(c.sfu.stall_after_secs, 5);
+    assert_eq!(c.sfu.message_log, 1024);
+    assert_eq!(c.sfu.max_data_message_bytes, 16384);
+    assert_eq!(c.sfu.rtx_cache_packets, 512);
+    assert_eq!(c.sfu.initial_bitrate_kbps, 1500);
     // An empty file is the defaults, and every section can be given empty.
     assert_eq!(parse(""), c);
-    let sections = "[node]\n[log]\n[admin]\n[turn]\n[auth]\n[limits]\n[security]\n[drain]\n";
+    let sections = "[node]\n[log]\n[admin]\n[turn]\n[auth]\n[limits]\n[security]\n[drain]\n\
+                    [signaling]\n[sfu]\n";
     assert_eq!(parse(sections), c);
     // The defaults plus a secret are valid.
     valid().validate().unwrap();
 }
 
 #[test]
-fn embedded_default_is_the_defaults_plus_loopback_peers() {
+fn embedded_default_is_the_defaults_plus_loopback_peers_and_dev_tokens() {
+    // The two intentional differences: it listens on loopback only, so it relays to loopback
+    // peers and hands out dev tokens to the demo pages.
     let mut expected = Config::default();
     expected.security.allow_peers =
         vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+    expected.signaling.dev_tokens = true;
     assert_eq!(parse(EMBEDDED_DEFAULT), expected);
     for section in [
         "[node]",
@@ -117,6 +143,8 @@ fn embedded_default_is_the_defaults_plus_loopback_peers() {
         "[limits]",
         "[security]",
         "[drain]",
+        "[signaling]",
+        "[sfu]",
     ] {
         assert!(
             EMBEDDED_DEFAULT.contains(section),
@@ -138,6 +166,10 @@ fn embedded_with_secret_validates() {
         .allow_peers
         .contains(&"127.0.0.0/8".parse().unwrap()));
     assert!(c.security.allow_peers.contains(&"::1/128".parse().unwrap()));
+    assert_eq!(c.signaling.listen, sock("127.0.0.1:7880"));
+    assert!(c.signaling.dev_tokens && !c.signaling.dev_tokens_public);
+    assert_eq!(c.sfu.udp, sock("127.0.0.1:7882"));
+    assert_eq!(c.sfu.tcp, vec![sock("127.0.0.1:7881")]);
     c.validate().unwrap();
     // Without the secret it is refused: nobody could allocate.
     let e = Config::from_toml(EMBEDDED_DEFAULT, "embedded default").unwrap_err();
@@ -171,6 +203,36 @@ fn example_validates() {
             .contains("/etc/meridian/tls/fullchain.pem does not exist"),
         "{e}"
     );
+    // The signaling API on a public address, without dev tokens, and the SFU on every
+    // interface advertising its public address.
+    assert_eq!(c.signaling.listen, sock("0.0.0.0:7880"));
+    assert!(!c.signaling.dev_tokens);
+    assert_eq!(c.sfu.udp, sock("0.0.0.0:7882"));
+    assert_eq!(c.sfu.tcp, vec![sock("0.0.0.0:7881")]);
+    assert_eq!(c.sfu.public_ip, Some(IpAddr::from([203, 0, 113, 10])));
+    // Only the [signaling] TLS lines uncommented: they are checked too.
+    let at = EXAMPLE.find("[signaling]").unwrap();
+    let (head, tail) = EXAMPLE.split_at(at);
+    let tail = tail
+        .replace("# tls_cert", "tls_cert")
+        .replace("# tls_key", "tls_key");
+    let e = Config::from_toml(&format!("{head}{tail}"), "meridian.example.toml").unwrap_err();
+    assert_eq!(e.key(), Some("signaling.tls_cert"));
+    assert!(
+        e.to_string()
+            .contains("/etc/meridian/tls/fullchain.pem does not exist"),
+        "{e}"
+    );
+    // Dev tokens on the public listener need the explicit opt-in.
+    let dev = EXAMPLE.replace("dev_tokens = false", "dev_tokens = true");
+    let e = Config::from_toml(&dev, "meridian.example.toml").unwrap_err();
+    assert_eq!(e.key(), Some("signaling.dev_tokens"));
+    let dev = dev.replace("dev_tokens_public = false", "dev_tokens_public = true");
+    Config::from_toml(&dev, "meridian.example.toml").unwrap_or_else(|e| panic!("{e}"));
+    // Without public_ip the wildcard SFU listener has nothing to advertise.
+    let no_ip = EXAMPLE.replace("public_ip = ", "# public_ip = ");
+    let e = Config::from_toml(&no_ip, "meridian.example.toml").unwrap_err();
+    assert_eq!(e.key(), Some("sfu.udp"));
 }
 
 #[test]
@@ -180,6 +242,16 @@ fn worker_count() {
     assert_eq!(c.worker_count(), 3);
     c.turn.workers = 0;
     assert!(c.worker_count() >= 1);
+}
+
+#[test]
+fn sfu_worker_count() {
+    let mut c = valid();
+    c.sfu.workers = 5;
+    c.turn.workers = 2;
+    assert_eq!(c.sfu_worker_count(), 5);
+    c.sfu.workers = 0;
+    assert!(c.sfu_worker_count() >= 1);
 }
 
 #[test]
@@ -879,7 +951,8 @@ fn all_sections() -> Vec<String> {
             "limits",
             "security",
             "drain",
-            "signaling"
+            "signaling",
+            "sfu"
         ]
     );
     sections
@@ -1011,6 +1084,70 @@ fn docs_mention_every_default() {
         ),
         ("drain", "deadline_secs", c.drain.deadline_secs.to_string()),
         ("admin", "listen", c.admin.listen.to_string()),
+        ("signaling", "listen", c.signaling.listen.to_string()),
+        (
+            "signaling",
+            "token_ttl_secs",
+            c.signaling.token_ttl_secs.to_string(),
+        ),
+        (
+            "signaling",
+            "dev_tokens",
+            c.signaling.dev_tokens.to_string(),
+        ),
+        (
+            "signaling",
+            "dev_tokens_public",
+            c.signaling.dev_tokens_public.to_string(),
+        ),
+        (
+            "signaling",
+            "max_message_bytes",
+            c.signaling.max_message_bytes.to_string(),
+        ),
+        (
+            "signaling",
+            "messages_per_sec",
+            c.signaling.messages_per_sec.to_string(),
+        ),
+        (
+            "signaling",
+            "message_burst",
+            c.signaling.message_burst.to_string(),
+        ),
+        (
+            "signaling",
+            "join_timeout_secs",
+            c.signaling.join_timeout_secs.to_string(),
+        ),
+        ("sfu", "udp", c.sfu.udp.to_string()),
+        ("sfu", "workers", c.sfu.workers.to_string()),
+        (
+            "sfu",
+            "keyframe_interval_ms",
+            c.sfu.keyframe_interval_ms.to_string(),
+        ),
+        (
+            "sfu",
+            "stall_after_secs",
+            c.sfu.stall_after_secs.to_string(),
+        ),
+        ("sfu", "message_log", c.sfu.message_log.to_string()),
+        (
+            "sfu",
+            "max_data_message_bytes",
+            c.sfu.max_data_message_bytes.to_string(),
+        ),
+        (
+            "sfu",
+            "rtx_cache_packets",
+            c.sfu.rtx_cache_packets.to_string(),
+        ),
+        (
+            "sfu",
+            "initial_bitrate_kbps",
+            c.sfu.initial_bitrate_kbps.to_string(),
+        ),
     ];
     for (section, field, default) in rows {
         let text = docs_section(section);
@@ -1104,4 +1241,311 @@ fn api_keys_from_the_environment() {
         c.signaling.api_keys.is_empty(),
         "a failed override leaves the config unchanged"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// [signaling] listener and limits, [sfu].
+
+/// Two lines that make the rest of a test file valid: the section under test starts on line 3.
+const WITH_SECRET: &str = "[auth]\nrest_secrets = [\"s\"]\n";
+
+/// The error for `text` after [`WITH_SECRET`], from a file.
+fn file_err(text: &str) -> String {
+    err(&format!("{WITH_SECRET}{text}"))
+}
+
+/// `text` after [`WITH_SECRET`] is valid.
+#[track_caller]
+fn file_ok(text: &str) -> Config {
+    Config::from_toml(&format!("{WITH_SECRET}{text}"), "meridian.toml")
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn signaling_new_keys_parse() {
+    let c = file_ok(
+        "[signaling]\nlisten = \"[::1]:0\"\ndev_tokens = true\nmax_message_bytes = 1024\n\
+         messages_per_sec = 1\nmessage_burst = 1\njoin_timeout_secs = 300\n",
+    );
+    assert_eq!(c.signaling.listen, sock("[::1]:0"));
+    assert!(c.signaling.dev_tokens);
+    assert_eq!(c.signaling.max_message_bytes, 1024);
+    assert_eq!(
+        (c.signaling.messages_per_sec, c.signaling.message_burst),
+        (1, 1)
+    );
+    assert_eq!(c.signaling.join_timeout_secs, 300);
+    let c = file_ok("[signaling]\nmax_message_bytes = 1048576\njoin_timeout_secs = 1\n");
+    assert_eq!(c.signaling.max_message_bytes, 1_048_576);
+    // Type errors use the key descriptions.
+    assert_eq!(
+        file_err("[signaling]\nlisten = \"localhost\"\n"),
+        "meridian.toml line 4: signaling.listen: expected an \"ip:port\" socket address, got \"localhost\""
+    );
+    assert_eq!(
+        file_err("[signaling]\ndev_tokens = \"yes\"\n"),
+        "meridian.toml line 4: signaling.dev_tokens: expected true or false, got \"yes\""
+    );
+    assert_eq!(
+        file_err("[signaling]\nmessages_per_sec = -1\n"),
+        "meridian.toml line 4: signaling.messages_per_sec: expected 1..=4294967295, got -1"
+    );
+}
+
+#[test]
+fn rule_signaling_tls_both_or_neither() {
+    assert_eq!(
+        file_err("[signaling]\nlisten = \"127.0.0.1:7880\"\ntls_cert = \"/x/cert.pem\"\n"),
+        "meridian.toml line 5: signaling.tls_cert: set without signaling.tls_key; \
+         HTTPS needs both (or neither, for plain HTTP)"
+    );
+    assert_eq!(
+        file_err("[signaling]\ntls_key = \"/x/key.pem\"\n"),
+        "meridian.toml line 4: signaling.tls_key: set without signaling.tls_cert; \
+         HTTPS needs both (or neither, for plain HTTP)"
+    );
+    assert_eq!(
+        file_err(
+            "[signaling]\ntls_cert = \"/nonexistent/meridian/cert.pem\"\n\
+             tls_key = \"/nonexistent/meridian/key.pem\"\n"
+        ),
+        "meridian.toml line 4: signaling.tls_cert: file /nonexistent/meridian/cert.pem does not exist"
+    );
+    let cert = temp_path("api-cert.pem");
+    let key = temp_path("api-key.pem");
+    std::fs::write(&cert, "cert").unwrap();
+    let _ = std::fs::remove_file(&key);
+    let both = format!(
+        "[signaling]\ntls_cert = {:?}\ntls_key = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    assert_eq!(
+        file_err(&both),
+        format!(
+            "meridian.toml line 5: signaling.tls_key: file {} does not exist",
+            key.display()
+        )
+    );
+    std::fs::write(&key, "key").unwrap();
+    let c = file_ok(&both);
+    assert_eq!(c.signaling.tls_cert.as_deref(), Some(cert.as_path()));
+    assert_eq!(c.signaling.tls_key.as_deref(), Some(key.as_path()));
+    let _ = std::fs::remove_file(&cert);
+    let _ = std::fs::remove_file(&key);
+}
+
+#[test]
+fn rule_signaling_dev_tokens_need_loopback_or_opt_in() {
+    let needle = "which is not a loopback address; listen on loopback, or set \
+                  signaling.dev_tokens_public = true to allow it";
+    for listen in [
+        "0.0.0.0:7880",
+        "192.0.2.1:7880",
+        "[::]:7880",
+        "[2001:db8::1]:443",
+    ] {
+        let e = file_err(&format!(
+            "[signaling]\nlisten = \"{listen}\"\ndev_tokens = true\n"
+        ));
+        assert!(
+            e.starts_with(&format!(
+                "meridian.toml line 5: signaling.dev_tokens: hands out tokens to anyone who can \
+                 reach signaling.listen ({})",
+                sock(listen)
+            )),
+            "{e}"
+        );
+        assert!(e.ends_with(needle), "{e}");
+        // The explicit opt-in allows it; without dev tokens the listener is fine anyway.
+        file_ok(&format!(
+            "[signaling]\nlisten = \"{listen}\"\ndev_tokens = true\ndev_tokens_public = true\n"
+        ));
+        file_ok(&format!("[signaling]\nlisten = \"{listen}\"\n"));
+    }
+    for listen in ["127.0.0.1:7880", "127.1.2.3:0", "[::1]:7880"] {
+        file_ok(&format!(
+            "[signaling]\nlisten = \"{listen}\"\ndev_tokens = true\n"
+        ));
+    }
+    // Straight from validate(): the default listener is loopback.
+    let mut c = valid();
+    c.signaling.dev_tokens = true;
+    c.validate().unwrap();
+    rejects(
+        |c| {
+            c.signaling.dev_tokens = true;
+            c.signaling.listen = sock("10.0.0.1:7880");
+        },
+        "signaling.dev_tokens",
+        "(10.0.0.1:7880), which is not a loopback address",
+    );
+}
+
+#[test]
+fn rule_signaling_limits() {
+    for (text, message) in [
+        (
+            "max_message_bytes = 1023",
+            "signaling.max_message_bytes: expected 1024..=1048576, got 1023",
+        ),
+        (
+            "max_message_bytes = 1048577",
+            "signaling.max_message_bytes: expected 1024..=1048576, got 1048577",
+        ),
+        (
+            "messages_per_sec = 0",
+            "signaling.messages_per_sec: expected an integer >= 1, got 0",
+        ),
+        (
+            "message_burst = 0",
+            "signaling.message_burst: expected an integer >= 1, got 0",
+        ),
+        (
+            "join_timeout_secs = 0",
+            "signaling.join_timeout_secs: expected 1..=300, got 0",
+        ),
+        (
+            "join_timeout_secs = 301",
+            "signaling.join_timeout_secs: expected 1..=300, got 301",
+        ),
+    ] {
+        assert_eq!(
+            file_err(&format!("[signaling]\ntoken_ttl_secs = 60\n{text}\n")),
+            format!("meridian.toml line 5: {message}")
+        );
+    }
+}
+
+#[test]
+fn sfu_keys_parse() {
+    let c = file_ok(
+        "[sfu]\nudp = \"[::1]:0\"\ntcp = []\npublic_ip = \"2001:db8::7\"\nworkers = 256\n\
+         keyframe_interval_ms = 100\nstall_after_secs = 300\nmessage_log = 1\n\
+         max_data_message_bytes = 262144\nrtx_cache_packets = 0\ninitial_bitrate_kbps = 50\n",
+    );
+    assert_eq!(c.sfu.udp, sock("[::1]:0"));
+    assert!(c.sfu.tcp.is_empty(), "[] turns ICE-TCP off");
+    assert_eq!(c.sfu.public_ip, Some("2001:db8::7".parse().unwrap()));
+    assert_eq!(c.sfu.workers, 256);
+    assert_eq!(c.sfu.keyframe_interval_ms, 100);
+    assert_eq!(c.sfu.stall_after_secs, 300);
+    assert_eq!(c.sfu.message_log, 1);
+    assert_eq!(c.sfu.max_data_message_bytes, 262_144);
+    assert_eq!(c.sfu.rtx_cache_packets, 0);
+    assert_eq!(c.sfu.initial_bitrate_kbps, 50);
+    let c = file_ok(
+        "[sfu]\nkeyframe_interval_ms = 10000\nstall_after_secs = 1\nmessage_log = 1000000\n\
+         max_data_message_bytes = 1\nrtx_cache_packets = 8192\ninitial_bitrate_kbps = 100000\n",
+    );
+    assert_eq!(c.sfu.initial_bitrate_kbps, 100_000);
+    assert_eq!(
+        file_err("[sfu]\npublic_ip = \"my.host\"\n"),
+        "meridian.toml line 4: sfu.public_ip: expected an IP address, got \"my.host\""
+    );
+    assert_eq!(
+        file_err("[sfu]\ntcp = [\"127.0.0.1:7881\", 7881]\n"),
+        "meridian.toml line 4: sfu.tcp[1]: expected an \"ip:port\" socket address, got 7881"
+    );
+    assert_eq!(
+        file_err("[sfu]\nudp = [\"127.0.0.1:7882\"]\n"),
+        "meridian.toml line 4: sfu.udp: expected an \"ip:port\" socket address, got an array"
+    );
+}
+
+#[test]
+fn rule_sfu_wildcard_needs_public_ip() {
+    let tail = "binds every interface, so ICE candidates have no concrete address to \
+                advertise; set sfu.public_ip to the address clients reach this node on";
+    assert_eq!(
+        file_err("[sfu]\nudp = \"0.0.0.0:7882\"\n"),
+        format!("meridian.toml line 4: sfu.udp: 0.0.0.0 {tail}")
+    );
+    assert_eq!(
+        file_err("[sfu]\nudp = \"[::]:7882\"\n"),
+        format!("meridian.toml line 4: sfu.udp: :: {tail}")
+    );
+    assert_eq!(
+        file_err("[sfu]\ntcp = [\n  \"127.0.0.1:7881\",\n  \"0.0.0.0:7881\",\n]\n"),
+        format!("meridian.toml line 6: sfu.tcp[1]: 0.0.0.0 {tail}")
+    );
+    let c = file_ok(
+        "[sfu]\nudp = \"0.0.0.0:7882\"\ntcp = [\"[::]:7881\"]\npublic_ip = \"203.0.113.10\"\n",
+    );
+    assert_eq!(c.sfu.public_ip, Some(IpAddr::from([203, 0, 113, 10])));
+    // A concrete listener needs no public_ip, but it may have one (1:1 NAT).
+    file_ok("[sfu]\nudp = \"192.0.2.5:7882\"\ntcp = []\n");
+    file_ok("[sfu]\nudp = \"10.0.0.5:7882\"\npublic_ip = \"203.0.113.10\"\n");
+    for bad in ["0.0.0.0", "::", "224.0.0.1", "255.255.255.255", "ff02::1"] {
+        assert_eq!(
+            file_err(&format!("[sfu]\npublic_ip = \"{bad}\"\n")),
+            format!(
+                "meridian.toml line 4: sfu.public_ip: expected a unicast IP address, got {bad}"
+            )
+        );
+    }
+    rejects(
+        |c| c.sfu.udp = sock("0.0.0.0:0"),
+        "sfu.udp",
+        "set sfu.public_ip",
+    );
+}
+
+#[test]
+fn rule_sfu_ranges() {
+    for (text, message) in [
+        (
+            "workers = 257",
+            "sfu.workers: expected 0..=256 (0 = one per core), got 257",
+        ),
+        (
+            "keyframe_interval_ms = 99",
+            "sfu.keyframe_interval_ms: expected 100..=10000, got 99",
+        ),
+        (
+            "keyframe_interval_ms = 10001",
+            "sfu.keyframe_interval_ms: expected 100..=10000, got 10001",
+        ),
+        (
+            "stall_after_secs = 0",
+            "sfu.stall_after_secs: expected 1..=300, got 0",
+        ),
+        (
+            "stall_after_secs = 301",
+            "sfu.stall_after_secs: expected 1..=300, got 301",
+        ),
+        (
+            "message_log = 0",
+            "sfu.message_log: expected 1..=1000000, got 0",
+        ),
+        (
+            "message_log = 1000001",
+            "sfu.message_log: expected 1..=1000000, got 1000001",
+        ),
+        (
+            "max_data_message_bytes = 0",
+            "sfu.max_data_message_bytes: expected 1..=262144, got 0",
+        ),
+        (
+            "max_data_message_bytes = 262145",
+            "sfu.max_data_message_bytes: expected 1..=262144, got 262145",
+        ),
+        (
+            "rtx_cache_packets = 8193",
+            "sfu.rtx_cache_packets: expected 0..=8192, got 8193",
+        ),
+        (
+            "initial_bitrate_kbps = 49",
+            "sfu.initial_bitrate_kbps: expected 50..=100000, got 49",
+        ),
+        (
+            "initial_bitrate_kbps = 100001",
+            "sfu.initial_bitrate_kbps: expected 50..=100000, got 100001",
+        ),
+    ] {
+        assert_eq!(
+            file_err(&format!("[sfu]\nudp = \"127.0.0.1:7882\"\n{text}\n")),
+            format!("meridian.toml line 5: {message}")
+        );
+    }
 }

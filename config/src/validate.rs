@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Display;
+use std::net::IpAddr;
 use std::path::Path;
 
 use crate::error::io_reason;
@@ -53,6 +54,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_limits(config)?;
     validate_auth(config)?;
     validate_signaling(config)?;
+    validate_sfu(config)?;
     check_range(
         "drain.deadline_secs",
         config.drain.deadline_secs,
@@ -380,8 +382,44 @@ fn validate_auth(config: &Config) -> Result<(), ConfigError> {
 /// Shortest API secret accepted: HS256 keys shorter than this are guessable.
 const MIN_API_SECRET: usize = 16;
 
+/// Largest WebSocket message bounds.
+pub(crate) const MAX_MESSAGE_BYTES_MIN: usize = 1024;
+pub(crate) const MAX_MESSAGE_BYTES_MAX: usize = 1_048_576;
+/// Longest time a WebSocket may take to send `join`.
+pub(crate) const MAX_JOIN_TIMEOUT_SECS: u64 = 300;
+
 fn validate_signaling(config: &Config) -> Result<(), ConfigError> {
     let s = &config.signaling;
+    match (&s.tls_cert, &s.tls_key) {
+        (Some(_), None) => {
+            return Err(ConfigError::rule(
+                "signaling.tls_cert",
+                "set without signaling.tls_key; HTTPS needs both (or neither, for plain HTTP)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::rule(
+                "signaling.tls_key",
+                "set without signaling.tls_cert; HTTPS needs both (or neither, for plain HTTP)",
+            ))
+        }
+        (Some(cert), Some(key)) => {
+            check_file("signaling.tls_cert", cert)?;
+            check_file("signaling.tls_key", key)?;
+        }
+        (None, None) => {}
+    }
+    if s.dev_tokens && !s.listen.ip().is_loopback() && !s.dev_tokens_public {
+        return Err(ConfigError::rule(
+            "signaling.dev_tokens",
+            format!(
+                "hands out tokens to anyone who can reach signaling.listen ({}), which is not a \
+                 loopback address; listen on loopback, or set signaling.dev_tokens_public = true \
+                 to allow it",
+                s.listen
+            ),
+        ));
+    }
     let mut seen = std::collections::HashSet::new();
     for (i, k) in s.api_keys.iter().enumerate() {
         let key = format!("signaling.api_keys[{i}].key");
@@ -407,5 +445,112 @@ fn validate_signaling(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
-    check_range("signaling.token_ttl_secs", s.token_ttl_secs, 1, 2_592_000)
+    check_range("signaling.token_ttl_secs", s.token_ttl_secs, 1, 2_592_000)?;
+    check_range(
+        "signaling.max_message_bytes",
+        s.max_message_bytes,
+        MAX_MESSAGE_BYTES_MIN,
+        MAX_MESSAGE_BYTES_MAX,
+    )?;
+    check_positive("signaling.messages_per_sec", s.messages_per_sec)?;
+    check_positive("signaling.message_burst", s.message_burst)?;
+    check_range(
+        "signaling.join_timeout_secs",
+        s.join_timeout_secs,
+        1,
+        MAX_JOIN_TIMEOUT_SECS,
+    )
+}
+
+/// Keyframe request interval bounds, in milliseconds.
+pub(crate) const KEYFRAME_INTERVAL_MIN_MS: u64 = 100;
+pub(crate) const KEYFRAME_INTERVAL_MAX_MS: u64 = 10_000;
+/// Longest stall threshold.
+pub(crate) const MAX_STALL_AFTER_SECS: u64 = 300;
+/// Most room messages kept per room.
+pub(crate) const MAX_MESSAGE_LOG: usize = 1_000_000;
+/// Largest data-channel message that may be configured.
+pub(crate) const MAX_DATA_MESSAGE_BYTES: usize = 262_144;
+/// Most packets kept per outgoing video stream for retransmission.
+pub(crate) const MAX_RTX_CACHE_PACKETS: usize = 8192;
+/// Initial bandwidth estimate bounds, in kbit/s.
+pub(crate) const INITIAL_BITRATE_MIN_KBPS: u64 = 50;
+pub(crate) const INITIAL_BITRATE_MAX_KBPS: u64 = 100_000;
+
+fn validate_sfu(config: &Config) -> Result<(), ConfigError> {
+    let sfu = &config.sfu;
+    match sfu.public_ip {
+        Some(ip) => {
+            let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+            if ip.is_unspecified() || ip.is_multicast() || broadcast {
+                return Err(ConfigError::invalid(
+                    "sfu.public_ip",
+                    "a unicast IP address",
+                    ip,
+                ));
+            }
+        }
+        None => {
+            // ICE candidates carry the listener address, and a wildcard is not one clients
+            // can send to.
+            let wildcard = |key: String, ip: IpAddr| {
+                ConfigError::rule(
+                    key,
+                    format!(
+                        "{ip} binds every interface, so ICE candidates have no concrete address \
+                         to advertise; set sfu.public_ip to the address clients reach this node on"
+                    ),
+                )
+            };
+            if sfu.udp.ip().is_unspecified() {
+                return Err(wildcard("sfu.udp".into(), sfu.udp.ip()));
+            }
+            if let Some((i, tcp)) = sfu
+                .tcp
+                .iter()
+                .enumerate()
+                .find(|(_, a)| a.ip().is_unspecified())
+            {
+                return Err(wildcard(format!("sfu.tcp[{i}]"), tcp.ip()));
+            }
+        }
+    }
+    if sfu.workers > MAX_WORKERS {
+        return Err(ConfigError::invalid(
+            "sfu.workers",
+            format!("0..={MAX_WORKERS} (0 = one per core)"),
+            sfu.workers,
+        ));
+    }
+    check_range(
+        "sfu.keyframe_interval_ms",
+        sfu.keyframe_interval_ms,
+        KEYFRAME_INTERVAL_MIN_MS,
+        KEYFRAME_INTERVAL_MAX_MS,
+    )?;
+    check_range(
+        "sfu.stall_after_secs",
+        sfu.stall_after_secs,
+        1,
+        MAX_STALL_AFTER_SECS,
+    )?;
+    check_range("sfu.message_log", sfu.message_log, 1, MAX_MESSAGE_LOG)?;
+    check_range(
+        "sfu.max_data_message_bytes",
+        sfu.max_data_message_bytes,
+        1,
+        MAX_DATA_MESSAGE_BYTES,
+    )?;
+    check_range(
+        "sfu.rtx_cache_packets",
+        sfu.rtx_cache_packets,
+        0,
+        MAX_RTX_CACHE_PACKETS,
+    )?;
+    check_range(
+        "sfu.initial_bitrate_kbps",
+        sfu.initial_bitrate_kbps,
+        INITIAL_BITRATE_MIN_KBPS,
+        INITIAL_BITRATE_MAX_KBPS,
+    )
 }

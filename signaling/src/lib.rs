@@ -1,7 +1,137 @@
-//! meridian signaling.
+//! meridian signaling: the node's HTTP + WebSocket API.
 //!
 //! - [`token`]: access tokens (JWT, HS256) that say who a client is, which room it may join
 //!   and in which role. Minted by `meridian token` or by an application backend holding the
 //!   API secret; checked by the node when a client connects.
+//! - [`protocol`]: the versioned JSON protocol on `/v1/ws` (docs/signaling.md).
+//! - `api` / `ws`: the HTTP routes and the per-connection session.
+//! - `ice`: `iceServers` for the node's own TURN, with per-session credentials.
 
+mod api;
+mod ice;
+pub mod protocol;
 pub mod token;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+pub use api::{router, Signaling};
+
+/// Binds the signaling listener and serves it in the background (on the current tokio
+/// runtime). Returns the bound address.
+pub async fn start(
+    config: &meridian_config::Config,
+    sfu: meridian_relay::net::SfuHandle,
+    turn: (Vec<SocketAddr>, Vec<SocketAddr>, Vec<SocketAddr>),
+    ready: Arc<AtomicBool>,
+) -> Result<SocketAddr, String> {
+    let mut state = Signaling::new(config, sfu, ready)?;
+    state.ice.set_bound(turn.0, turn.1, turn.2);
+    let app = router(Arc::new(state)).into_make_service_with_connect_info::<api::Peer>();
+    let listen = config.signaling.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on signaling {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let tls = match (&config.signaling.tls_cert, &config.signaling.tls_key) {
+        (Some(c), Some(k)) => Some(meridian_relay::net::ReloadableTls::load(c, k)?),
+        _ => None,
+    };
+    match tls {
+        None => {
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!("signaling listener failed: {e}");
+                }
+            });
+        }
+        Some(tls) => {
+            let listener = tls_listener::TlsListener::new(listener, tls);
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!("signaling listener failed: {e}");
+                }
+            });
+        }
+    }
+    Ok(addr)
+}
+
+mod tls_listener {
+    //! HTTPS/WSS: TLS handshakes run in their own tasks so a slow client never holds up the
+    //! accept loop; finished connections are handed to axum.
+
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use meridian_relay::net::ReloadableTls;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::mpsc;
+    use tokio_rustls::server::TlsStream;
+
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+    pub struct TlsListener {
+        rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+        local: SocketAddr,
+    }
+
+    impl TlsListener {
+        pub fn new(listener: TcpListener, tls: ReloadableTls) -> Self {
+            let local = listener.local_addr().expect("bound listener");
+            let (tx, rx) = mpsc::channel(256);
+            tokio::spawn(async move {
+                loop {
+                    let (tcp, peer) = match listener.accept().await {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::debug!("signaling accept: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let acceptor = tls.acceptor();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(s)) => {
+                                let _ = tx.send((s, peer)).await;
+                            }
+                            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    });
+                }
+            });
+            TlsListener { rx, local }
+        }
+    }
+
+    impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+        for crate::api::Peer
+    {
+        fn connect_info(s: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+            crate::api::Peer(*s.remote_addr())
+        }
+    }
+
+    impl axum::serve::Listener for TlsListener {
+        type Io = TlsStream<TcpStream>;
+        type Addr = SocketAddr;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            match self.rx.recv().await {
+                Some(x) => x,
+                // The accept task never ends while the listener lives.
+                None => std::future::pending().await,
+            }
+        }
+
+        fn local_addr(&self) -> std::io::Result<Self::Addr> {
+            Ok(self.local)
+        }
+    }
+}

@@ -31,6 +31,9 @@ pub const USER: &str = "alice";
 pub const PASSWORD: &str = "wonderland-pass";
 /// Shared secret for TURN REST API credentials.
 pub const REST_SECRET: &str = "rest-secret-for-tests";
+/// The signaling API key every test node accepts tokens from.
+pub const API_KEY: &str = "test-key";
+pub const API_SECRET: &str = "test-api-secret-0123456789";
 pub const REALM: &str = "meridian-test";
 
 /// Which TURN server the tests talk to.
@@ -66,6 +69,12 @@ pub struct NodeOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Appended verbatim to the generated meridian config (ignored for coturn).
     pub extra_toml: String,
+    /// Lines added to the generated `[signaling]` section (which already sets an ephemeral
+    /// `listen` and the test API key [`API_KEY`]/[`API_SECRET`]).
+    pub signaling_toml: String,
+    /// Lines added to the generated `[sfu]` section (ephemeral UDP port, one shard, no ICE-TCP
+    /// unless set here).
+    pub sfu_toml: String,
     /// coturn cannot accept static users and REST credentials at once (the shared secret
     /// overrides the users), so its backend runs with one of them; meridian gets both.
     pub coturn_auth: CoturnAuth,
@@ -87,6 +96,8 @@ impl Default for NodeOptions {
             drain_secs: 1,
             tls: None,
             extra_toml: String::new(),
+            signaling_toml: String::new(),
+            sfu_toml: String::new(),
             coturn_auth: CoturnAuth::StaticUsers,
         }
     }
@@ -99,6 +110,10 @@ pub struct Ready {
     pub turn_tcp: Vec<SocketAddr>,
     pub turn_tls: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// The signaling API (HTTP/WebSocket).
+    pub http: Option<SocketAddr>,
+    /// The SFU's UDP port.
+    pub sfu_udp: Option<SocketAddr>,
     pub pid: Option<u32>,
 }
 
@@ -121,20 +136,25 @@ impl Ready {
                 Some(other) => Err(format!("{key}: expected an array, found {other}")),
             }
         };
-        let admin = match v.get("admin") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(a) => Some(
-                a.as_str()
-                    .ok_or_else(|| format!("admin: {a} is not a string"))?
-                    .parse::<SocketAddr>()
-                    .map_err(|e| format!("admin: {a}: {e}"))?,
-            ),
+        let one = |key: &str| -> Result<Option<SocketAddr>, String> {
+            match v.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(a) => Ok(Some(
+                    a.as_str()
+                        .ok_or_else(|| format!("{key}: {a} is not a string"))?
+                        .parse::<SocketAddr>()
+                        .map_err(|e| format!("{key}: {a}: {e}"))?,
+                )),
+            }
         };
+        let admin = one("admin")?;
         Ok(Ready {
             turn_udp: addrs("turn_udp")?,
             turn_tcp: addrs("turn_tcp")?,
             turn_tls: addrs("turn_tls")?,
             admin,
+            http: one("http")?,
+            sfu_udp: one("sfu_udp")?,
             pid: v.get("pid").and_then(|p| p.as_u64()).map(|p| p as u32),
         })
     }
@@ -310,6 +330,8 @@ impl Node {
                 turn_tcp: vec![],
                 turn_tls: vec![],
                 admin: None,
+                http: None,
+                sfu_udp: None,
                 pid: None,
             },
             config_path,
@@ -416,6 +438,8 @@ impl Node {
                     turn_tcp: vec![addr],
                     turn_tls: vec![],
                     admin: None,
+                    http: None,
+                    sfu_udp: None,
                     pid: Some(0),
                 },
                 config_path: PathBuf::new(),
@@ -582,6 +606,19 @@ pub fn meridian_config(opts: &NodeOptions) -> String {
         c.push_str("allow_peers = []\n\n");
     }
     c.push_str(&format!("[drain]\ndeadline_secs = {}\n\n", opts.drain_secs));
+    c.push_str("[signaling]\nlisten = \"127.0.0.1:0\"\n");
+    c.push_str(&format!(
+        "api_keys = [{{ key = {}, secret = {} }}]\n",
+        q(API_KEY),
+        q(API_SECRET)
+    ));
+    c.push_str(&opts.signaling_toml);
+    c.push_str("\n[sfu]\nudp = \"127.0.0.1:0\"\n");
+    if !opts.sfu_toml.contains("tcp") {
+        c.push_str("tcp = []\n");
+    }
+    c.push_str(&opts.sfu_toml);
+    c.push('\n');
     c.push_str(&opts.extra_toml);
     c
 }

@@ -177,3 +177,74 @@ impl WorkerMetrics {
         self.last = s.clone();
     }
 }
+
+/// Exports one SFU shard's counters and gauges (once a second, as deltas).
+#[derive(Default)]
+pub struct SfuExport {
+    last: crate::sfu::SfuStats,
+}
+
+impl SfuExport {
+    pub fn export(&mut self, shard: usize, sfu: &mut crate::sfu::Sfu) {
+        let s = sfu.stats().clone();
+        let l = &self.last;
+        let shard_label = shard.to_string();
+        let c = |name: &'static str, now: u64, before: u64| {
+            counter!(name).increment(now.saturating_sub(before));
+        };
+        c("meridian_sfu_joins_total", s.joins, l.joins);
+        c("meridian_sfu_leaves_total", s.leaves, l.leaves);
+        c(
+            "meridian_sfu_disconnects_total",
+            s.disconnects,
+            l.disconnects,
+        );
+        counter!("meridian_sfu_packets_total", "direction" => "in")
+            .increment(s.packets_in - l.packets_in);
+        counter!("meridian_sfu_packets_total", "direction" => "out")
+            .increment(s.packets_out - l.packets_out);
+        counter!("meridian_sfu_bytes_total", "direction" => "in")
+            .increment(s.bytes_in - l.bytes_in);
+        counter!("meridian_sfu_bytes_total", "direction" => "out")
+            .increment(s.bytes_out - l.bytes_out);
+        c("meridian_sfu_forwarded_rtp_total", s.forwarded, l.forwarded);
+        counter!("meridian_sfu_keyframe_requests_total", "direction" => "from_subscribers")
+            .increment(s.keyframe_requests_in - l.keyframe_requests_in);
+        counter!("meridian_sfu_keyframe_requests_total", "direction" => "to_publishers")
+            .increment(s.keyframe_requests_out - l.keyframe_requests_out);
+        c(
+            "meridian_sfu_layer_switches_total",
+            s.layer_switches,
+            l.layer_switches,
+        );
+        counter!("meridian_sfu_messages_total", "channel" => "controls")
+            .increment(s.room_messages - l.room_messages);
+        counter!("meridian_sfu_messages_total", "channel" => "input")
+            .increment(s.input_messages - l.input_messages);
+        c(
+            "meridian_sfu_message_errors_total",
+            s.message_errors,
+            l.message_errors,
+        );
+        counter!("meridian_sfu_dropped_total", "reason" => "unknown_source")
+            .increment(s.unknown_source - l.unknown_source);
+        counter!("meridian_sfu_dropped_total", "reason" => "rtc_input_error")
+            .increment(s.rtc_input_errors - l.rtc_input_errors);
+        counter!("meridian_sfu_dropped_total", "reason" => "forbidden_media")
+            .increment(s.forbidden_media - l.forbidden_media);
+        counter!("meridian_sfu_dropped_total", "reason" => "codec_mismatch")
+            .increment(s.codec_mismatch - l.codec_mismatch);
+        c("meridian_sfu_publisher_stalls_total", s.stalls, l.stalls);
+        self.last = s;
+        let (publishers, subscriptions) = sfu.publisher_subscriber_counts();
+        gauge!("meridian_sfu_sessions", "shard" => shard_label.clone())
+            .set(sfu.session_count() as f64);
+        gauge!("meridian_sfu_publishers", "shard" => shard_label.clone()).set(publishers as f64);
+        gauge!("meridian_sfu_subscriptions", "shard" => shard_label.clone())
+            .set(subscriptions as f64);
+        gauge!("meridian_sfu_tracks", "shard" => shard_label).set(sfu.track_count() as f64);
+        for d in sfu.take_first_media_latencies() {
+            metrics::histogram!("meridian_sfu_join_to_first_media_seconds").record(d.as_secs_f64());
+        }
+    }
+}

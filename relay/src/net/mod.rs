@@ -12,9 +12,12 @@ mod metrics;
 mod mmsg;
 mod node;
 mod poller;
+mod sfu;
 mod sockets;
 mod stream;
 mod tls;
 mod worker;
 
-pub use node::{run, RunOptions};
+pub use node::{run, Attach, AttachContext, RunOptions};
+pub use sfu::{Gone, Session, SfuHandle, SfuNode};
+pub use tls::ReloadableTls;

@@ -18,11 +18,32 @@ use crate::turn::policy::PeerPolicy;
 use crate::turn::quota::AllocationLedger;
 use crate::turn::{Clock, Server, ServerConfig, Shared};
 
+/// What the node hands to the services layered on it (the signaling API) once its sockets are
+/// bound. The service returns the addresses it listens on, for the ready file and logs.
+pub type Attach = Box<
+    dyn FnOnce(
+        AttachContext,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<(String, SocketAddr)>, String>>>,
+    >,
+>;
+
+pub struct AttachContext {
+    pub sfu: super::SfuHandle,
+    pub turn_udp: Vec<SocketAddr>,
+    pub turn_tcp: Vec<SocketAddr>,
+    pub turn_tls: Vec<SocketAddr>,
+    /// False once the node drains.
+    pub ready: Arc<AtomicBool>,
+}
+
 /// How the node is run, beyond its configuration.
-#[derive(Debug, Default, Clone)]
+#[derive(Default)]
 pub struct RunOptions {
     /// Where to write the bound addresses (JSON) once every listener is up.
     pub ready_file: Option<PathBuf>,
+    /// The signaling API (or any service) to start on the node's runtime.
+    pub attach: Option<Attach>,
 }
 
 /// What failed while starting the node.
@@ -44,6 +65,8 @@ pub enum NodeError {
         source: std::io::Error,
     },
     #[error("{0}")]
+    Service(String),
+    #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
@@ -54,6 +77,8 @@ pub struct Bound {
     pub tcp: Vec<SocketAddr>,
     pub tls: Vec<SocketAddr>,
     pub admin: SocketAddr,
+    pub sfu_udp: SocketAddr,
+    pub services: Vec<(String, SocketAddr)>,
 }
 
 impl Bound {
@@ -64,19 +89,25 @@ impl Bound {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let services: String = self
+            .services
+            .iter()
+            .map(|(k, a)| format!(",\"{k}\":\"{a}\""))
+            .collect();
         format!(
-            "{{\"turn_udp\":[{}],\"turn_tcp\":[{}],\"turn_tls\":[{}],\"admin\":\"{}\",\"pid\":{}}}\n",
+            "{{\"turn_udp\":[{}],\"turn_tcp\":[{}],\"turn_tls\":[{}],\"admin\":\"{}\",\"sfu_udp\":\"{}\"{services},\"pid\":{}}}\n",
             list(&self.udp),
             list(&self.tcp),
             list(&self.tls),
             self.admin,
+            self.sfu_udp,
             std::process::id()
         )
     }
 }
 
 /// Runs a node until it is told to stop (SIGTERM/SIGINT), then drains and returns.
-pub fn run(config: Config, opts: RunOptions) -> Result<(), NodeError> {
+pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| NodeError::Metrics(e.to_string()))?;
@@ -215,10 +246,12 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), NodeError> {
         threads.push(worker::spawn(setup)?);
     }
 
+    let sfu = start_sfu(&config)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let ready = Arc::new(AtomicBool::new(false));
+    let attach = opts.attach.take();
     let result = rt.block_on(async {
         let admin_listener = tokio::net::TcpListener::bind(config.admin.listen).await.map_err(|source| NodeError::Listen { transport: "admin HTTP", addr: config.admin.listen, source })?;
         let admin_addr = admin_listener.local_addr()?;
@@ -228,13 +261,25 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), NodeError> {
                 tracing::error!("admin listener failed: {e}");
             }
         });
-        let bound = Bound { udp: bound_udp, tcp: bound_tcp, tls: bound_tls, admin: admin_addr };
+        let services = match attach {
+            Some(attach) => attach(AttachContext {
+                sfu: sfu.handle(),
+                turn_udp: bound_udp.clone(),
+                turn_tcp: bound_tcp.clone(),
+                turn_tls: bound_tls.clone(),
+                ready: ready.clone(),
+            })
+            .await
+            .map_err(NodeError::Service)?,
+            None => Vec::new(),
+        };
+        let bound = Bound { udp: bound_udp, tcp: bound_tcp, tls: bound_tls, admin: admin_addr, sfu_udp: sfu.handle().udp, services };
         if let Some(path) = &opts.ready_file {
             write_ready_file(path, &bound.to_json()).map_err(|source| NodeError::ReadyFile { path: path.clone(), source })?;
         }
         ready.store(true, Ordering::Relaxed);
         ::metrics::gauge!("meridian_ready").set(1.0);
-        tracing::info!(workers, udp = ?bound.udp, tcp = ?bound.tcp, tls = ?bound.tls, admin = %bound.admin, "meridian node ready");
+        tracing::info!(workers, udp = ?bound.udp, tcp = ?bound.tcp, tls = ?bound.tls, admin = %bound.admin, sfu = %bound.sfu_udp, services = ?bound.services, "meridian node ready");
         wait_for_stop(&tls).await;
         ready.store(false, Ordering::Relaxed);
         ::metrics::gauge!("meridian_ready").set(0.0);
@@ -250,6 +295,8 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), NodeError> {
     for t in threads {
         let _ = t.join();
     }
+    drop(rt);
+    sfu.stop();
     tracing::info!("meridian node stopped");
     result
 }
@@ -351,4 +398,25 @@ fn own_addresses(
     own.sort();
     own.dedup();
     own
+}
+
+fn start_sfu(config: &Config) -> Result<super::SfuNode, NodeError> {
+    let c = &config.sfu;
+    let core = crate::sfu::SfuConfig {
+        udp_candidates: Vec::new(),
+        tcp_candidates: Vec::new(),
+        keyframe_interval: Duration::from_millis(c.keyframe_interval_ms),
+        stall_after: Duration::from_secs(c.stall_after_secs),
+        message_log: c.message_log,
+        max_message_bytes: c.max_data_message_bytes,
+        rtx_cache_packets: c.rtx_cache_packets,
+        initial_estimate_bps: c.initial_bitrate_kbps * 1000,
+    };
+    super::SfuNode::start(c.udp, c.public_ip, config.sfu_worker_count(), core).map_err(|source| {
+        NodeError::Listen {
+            transport: "SFU UDP",
+            addr: c.udp,
+            source,
+        }
+    })
 }

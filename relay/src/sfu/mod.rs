@@ -365,6 +365,11 @@ impl Sfu {
         std::mem::take(&mut self.first_media)
     }
 
+    /// The local ICE username fragment of a session.
+    pub fn local_ufrag(&self, id: ParticipantId) -> Option<&str> {
+        self.participants.get(&id).map(|p| p.ufrag.as_str())
+    }
+
     /// Which session owns a local ICE username fragment.
     pub fn owner_of_ufrag(&self, ufrag: &str) -> Option<ParticipantId> {
         self.by_ufrag.get(ufrag).copied()
@@ -1744,7 +1749,7 @@ fn matching_pt(sub: &[PayloadParams], publ: &PayloadParams) -> Option<Pt> {
 }
 
 /// The local ICE ufrag of a STUN binding request (`USERNAME` is `local:remote`).
-fn stun_local_ufrag(buf: &[u8]) -> Option<&str> {
+pub fn stun_local_ufrag(buf: &[u8]) -> Option<&str> {
     // STUN starts with two zero bits and carries the magic cookie.
     if buf.len() < 20 || buf[0] & 0xc0 != 0 {
         return None;

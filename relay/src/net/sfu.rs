@@ -1,0 +1,419 @@
+//! The SFU driver: shard threads around the sans-IO [`Sfu`] core, and the [`SfuHandle`]
+//! signaling uses to reach them.
+//!
+//! Every shard is a thread with a current-thread tokio runtime, its own `SO_REUSEPORT` socket
+//! on the SFU's one UDP port, and whole rooms (a room lives on `hash(room) % shards`), so a busy
+//! room occupies one core and never stalls rooms on the others. The kernel spreads datagrams
+//! over the shards by 4-tuple, which knows nothing of rooms: a datagram that lands on a shard
+//! whose core does not know its source is routed by the ICE username (first STUN packet) or the
+//! learned source address to the owning shard, which answers from its own socket on the same
+//! port. Only that misrouted path touches shared state (the [`Router`]).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::sfu::layer::LayerPrefs;
+use crate::sfu::{
+    DeviceSummary, JoinRequest, Notice, ParticipantId, ParticipantInfo, Protocol, Role, Sfu,
+    SfuConfig, SfuError, TrackInfo,
+};
+
+/// Largest datagram read.
+const MTU: usize = 2048;
+/// Shard ids live in the top bits of participant ids.
+const SHARD_SHIFT: u32 = 48;
+
+type Call = Box<dyn FnOnce(&mut Shard, Instant) + Send>;
+
+enum Command {
+    Call(Call),
+    /// A datagram another shard received for one of ours.
+    Datagram {
+        source: SocketAddr,
+        contents: Vec<u8>,
+    },
+    Stop,
+}
+
+/// Which shard owns an ICE ufrag or a source address (the misrouted-datagram path only).
+#[derive(Default)]
+struct Router {
+    ufrags: RwLock<HashMap<String, usize>>,
+    addrs: RwLock<HashMap<SocketAddr, usize>>,
+}
+
+struct Shard {
+    id: usize,
+    sfu: Sfu,
+    notices: HashMap<ParticipantId, mpsc::UnboundedSender<Notice>>,
+    router: Arc<Router>,
+}
+
+/// A running SFU: its shards and the address sessions reach it on.
+pub struct SfuNode {
+    handle: SfuHandle,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// How signaling reaches the SFU (cheap to clone).
+#[derive(Clone)]
+pub struct SfuHandle {
+    shards: Arc<Vec<mpsc::UnboundedSender<Command>>>,
+    /// The UDP address sessions connect to (as advertised in candidates).
+    pub udp: SocketAddr,
+}
+
+/// The SFU shut down (the node is stopping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the SFU is shutting down")]
+pub struct Gone;
+
+/// A joined session, as signaling holds it. Dropping it leaves the room.
+pub struct Session {
+    pub id: ParticipantId,
+    shard: mpsc::UnboundedSender<Command>,
+    /// Everyone else in the room at join time, and their tracks.
+    pub participants: Vec<ParticipantInfo>,
+    pub tracks: Vec<TrackInfo>,
+    /// Events for this session.
+    pub notices: mpsc::UnboundedReceiver<Notice>,
+}
+
+impl SfuNode {
+    /// Binds the UDP port (`shards` sockets with SO_REUSEPORT) and starts the shards.
+    /// `advertise` replaces the bound IP in ICE candidates (1:1 NAT); the port is the bound one.
+    pub fn start(
+        listen: SocketAddr,
+        advertise: Option<std::net::IpAddr>,
+        shards: usize,
+        mut cfg: SfuConfig,
+    ) -> std::io::Result<SfuNode> {
+        let sockets = super::sockets::reuseport_udp(listen, shards.max(1))?;
+        let bound = sockets[0].local_addr()?;
+        let udp = SocketAddr::new(advertise.unwrap_or(bound.ip()), bound.port());
+        cfg.udp_candidates = vec![udp];
+        let router = Arc::new(Router::default());
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..sockets.len() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        let senders = Arc::new(senders);
+        let mut threads = Vec::new();
+        for (id, (sock, rx)) in sockets.into_iter().zip(receivers).enumerate() {
+            let sfu = Sfu::new(cfg.clone(), (id as u64) << SHARD_SHIFT, Instant::now())
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let shard = Shard {
+                id,
+                sfu,
+                notices: HashMap::new(),
+                router: router.clone(),
+            };
+            let peers = senders.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("meridian-sfu-{id}"))
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!("SFU shard {id}: cannot start runtime: {e}");
+                            return;
+                        }
+                    };
+                    rt.block_on(run_shard(shard, sock, udp, rx, peers));
+                })?;
+            threads.push(t);
+        }
+        Ok(SfuNode {
+            handle: SfuHandle {
+                shards: senders,
+                udp,
+            },
+            threads,
+        })
+    }
+
+    pub fn handle(&self) -> SfuHandle {
+        self.handle.clone()
+    }
+
+    /// Stops every shard and waits for them.
+    pub fn stop(self) {
+        for s in self.handle.shards.iter() {
+            let _ = s.send(Command::Stop);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl SfuHandle {
+    fn shard_for(&self, room: &str) -> &mpsc::UnboundedSender<Command> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        room.hash(&mut h);
+        &self.shards[(h.finish() % self.shards.len() as u64) as usize]
+    }
+
+    /// Joins `room` (on the shard that holds it).
+    pub async fn join(
+        &self,
+        room: &str,
+        identity: &str,
+        role: Role,
+        resume_from: Option<u64>,
+    ) -> Result<Session, Gone> {
+        let shard = self.shard_for(room).clone();
+        let (room, identity) = (room.to_string(), identity.to_string());
+        let (ntx, nrx) = mpsc::unbounded_channel();
+        let (id, participants, tracks) = call(&shard, move |s, now| {
+            let id = s.sfu.join(
+                JoinRequest {
+                    room: &room,
+                    identity: &identity,
+                    role,
+                    resume_from,
+                },
+                now,
+            );
+            s.notices.insert(id, ntx);
+            if let Some(u) = s.sfu.local_ufrag(id) {
+                if let Ok(mut m) = s.router.ufrags.write() {
+                    m.insert(u.to_string(), s.id);
+                }
+            }
+            let (p, t) = s.sfu.snapshot(id);
+            s.flush_notices();
+            (id, p, t)
+        })
+        .await?;
+        Ok(Session {
+            id,
+            shard,
+            participants,
+            tracks,
+            notices: nrx,
+        })
+    }
+
+    /// Live devices across all shards.
+    pub async fn devices(&self) -> Result<Vec<DeviceSummary>, Gone> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            all.extend(call(shard, |s, now| s.sfu.devices(now)).await?);
+        }
+        all.sort_by(|a, b| (&a.room, &a.identity).cmp(&(&b.room, &b.identity)));
+        Ok(all)
+    }
+}
+
+impl Session {
+    async fn on<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Sfu, ParticipantId, Instant) -> Result<R, SfuError> + Send + 'static,
+    ) -> Result<R, SfuError> {
+        let id = self.id;
+        call(&self.shard, move |s, now| {
+            let r = f(&mut s.sfu, id, now);
+            s.flush_notices();
+            r
+        })
+        .await
+        .unwrap_or(Err(SfuError::UnknownParticipant))
+    }
+
+    pub async fn offer(&self, sdp: String) -> Result<String, SfuError> {
+        self.on(move |sfu, id, now| sfu.offer(id, &sdp, now)).await
+    }
+
+    pub async fn candidate(&self, candidate: String) -> Result<(), SfuError> {
+        self.on(move |sfu, id, now| sfu.remote_candidate(id, &candidate, now))
+            .await
+    }
+
+    pub async fn publish(
+        &self,
+        mid: String,
+        name: Option<String>,
+        layers: Vec<(String, Option<u32>, Option<u32>)>,
+    ) -> Result<(), SfuError> {
+        self.on(move |sfu, id, _| sfu.publish(id, &mid, name, layers))
+            .await
+    }
+
+    pub async fn unpublish(&self, track: String) -> Result<(), SfuError> {
+        self.on(move |sfu, id, _| sfu.unpublish(id, &track)).await
+    }
+
+    pub async fn subscribe(
+        &self,
+        track: String,
+        mid: String,
+        prefs: LayerPrefs,
+    ) -> Result<(), SfuError> {
+        self.on(move |sfu, id, now| sfu.subscribe(id, &track, &mid, prefs, now))
+            .await
+    }
+
+    pub async fn unsubscribe(&self, track: String) -> Result<(), SfuError> {
+        self.on(move |sfu, id, _| sfu.unsubscribe(id, &track)).await
+    }
+
+    pub async fn mute(&self, track: String, muted: bool) -> Result<(), SfuError> {
+        self.on(move |sfu, id, now| sfu.mute(id, &track, muted, now))
+            .await
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let id = self.id;
+        let _ = self
+            .shard
+            .send(Command::Call(Box::new(move |s: &mut Shard, _| {
+                s.forget(id);
+                s.sfu.leave(id);
+                s.flush_notices();
+            })));
+    }
+}
+
+async fn call<R: Send + 'static>(
+    shard: &mpsc::UnboundedSender<Command>,
+    f: impl FnOnce(&mut Shard, Instant) -> R + Send + 'static,
+) -> Result<R, Gone> {
+    let (tx, rx) = oneshot::channel();
+    let c: Call = Box::new(move |s, now| {
+        let _ = tx.send(f(s, now));
+    });
+    shard.send(Command::Call(c)).map_err(|_| Gone)?;
+    rx.await.map_err(|_| Gone)
+}
+
+impl Shard {
+    /// Hands queued notices to their sessions' signaling connections.
+    fn flush_notices(&mut self) {
+        while let Some((id, n)) = self.sfu.poll_notice() {
+            let gone = matches!(n, Notice::Disconnected { .. });
+            if let Some(tx) = self.notices.get(&id) {
+                let _ = tx.send(n);
+            }
+            if gone {
+                self.forget(id);
+            }
+        }
+    }
+
+    fn forget(&mut self, id: ParticipantId) {
+        self.notices.remove(&id);
+        if let Some(u) = self.sfu.local_ufrag(id) {
+            if let Ok(mut m) = self.router.ufrags.write() {
+                m.remove(u);
+            }
+        }
+    }
+
+    /// The shard that owns a datagram this shard's core did not claim.
+    fn owner_of(&self, source: SocketAddr, contents: &[u8]) -> Option<usize> {
+        if let Some(s) = self.router.addrs.read().ok()?.get(&source) {
+            return Some(*s);
+        }
+        let ufrag = crate::sfu::stun_local_ufrag(contents)?;
+        let owner = *self.router.ufrags.read().ok()?.get(ufrag)?;
+        if let Ok(mut m) = self.router.addrs.write() {
+            m.insert(source, owner);
+        }
+        Some(owner)
+    }
+}
+
+async fn run_shard(
+    mut shard: Shard,
+    sock: std::net::UdpSocket,
+    local: SocketAddr,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    peers: Arc<Vec<mpsc::UnboundedSender<Command>>>,
+) {
+    let sock = match UdpSocket::from_std(sock) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("SFU shard {}: {e}", shard.id);
+            return;
+        }
+    };
+    let mut buf = vec![0u8; MTU];
+    let mut export = super::metrics::SfuExport::default();
+    let mut next_export = Instant::now() + Duration::from_secs(1);
+    loop {
+        let deadline = shard.sfu.poll_timeout().min(next_export);
+        tokio::select! {
+            r = sock.recv_from(&mut buf) => {
+                let now = Instant::now();
+                match r {
+                    Ok((n, source)) => {
+                        let contents = &buf[..n];
+                        if !shard.sfu.handle_receive(now, Protocol::Udp, source, local, contents) {
+                            match shard.owner_of(source, contents) {
+                                Some(owner) if owner != shard.id => {
+                                    let _ = peers[owner].send(Command::Datagram { source, contents: contents.to_vec() });
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!("SFU shard {}: recv: {e}", shard.id),
+                }
+            }
+            cmd = rx.recv() => {
+                let now = Instant::now();
+                match cmd {
+                    Some(Command::Call(f)) => f(&mut shard, now),
+                    Some(Command::Datagram { source, contents }) => {
+                        if !shard.sfu.handle_receive(now, Protocol::Udp, source, local, &contents) {
+                            // Stale route: the session is gone. Never bounce it again.
+                            if let Ok(mut m) = shard.router.addrs.write() {
+                                m.remove(&source);
+                            }
+                        }
+                    }
+                    Some(Command::Stop) | None => break,
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                let now = Instant::now();
+                shard.sfu.handle_timeout(now);
+                if now >= next_export {
+                    next_export = now + Duration::from_secs(1);
+                    export.export(shard.id, &mut shard.sfu);
+                }
+            }
+        }
+        while let Some(t) = shard.sfu.poll_transmit() {
+            if t.proto != Protocol::Udp {
+                continue;
+            }
+            if let Err(e) = sock.try_send_to(&t.contents, t.destination) {
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    // Wait for room once, then drop (real-time media: late is lost anyway).
+                    if sock.writable().await.is_ok() {
+                        let _ = sock.try_send_to(&t.contents, t.destination);
+                    }
+                } else {
+                    tracing::debug!("SFU shard {}: send to {}: {e}", shard.id, t.destination);
+                }
+            }
+        }
+        shard.flush_notices();
+    }
+}

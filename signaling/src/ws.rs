@@ -1,0 +1,353 @@
+//! One WebSocket signaling connection: `join` with a token, then requests and SFU events until
+//! either side leaves. A bad message gets an `error` and the connection stays open; only a
+//! refused token, a missing join, persistent flooding or a failed media session close it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use meridian_relay::net::Session;
+use meridian_relay::sfu::layer::LayerPrefs;
+use meridian_relay::sfu::{Notice, Role as SfuRole, SfuError};
+use serde_json::json;
+
+use crate::api::{unix_now, Signaling};
+use crate::protocol::{self, close, ClientMessage};
+use crate::token::Role;
+
+/// Rate-limit violations in a row after which the connection is closed.
+const MAX_VIOLATIONS: u32 = 200;
+
+fn count_error(code: &str) {
+    metrics::counter!("meridian_signaling_errors_total", "code" => code.to_string()).increment(1);
+}
+
+async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
+    count_error(match code {
+        close::UNAUTHORIZED => "unauthorized",
+        close::JOIN_REQUIRED => "join_required",
+        close::UNSUPPORTED_VERSION => "unsupported_version",
+        close::RATE_LIMITED => "rate_limited_closed",
+        close::MEDIA_FAILED => "media_failed",
+        close::GOING_AWAY => "going_away",
+        _ => "closed",
+    });
+    // Close reasons are limited to 123 bytes.
+    let mut r = reason.to_string();
+    while r.len() > 123 {
+        r.pop();
+    }
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(r),
+        })))
+        .await;
+}
+
+async fn send(socket: &mut WebSocket, text: String) -> bool {
+    socket
+        .send(Message::Text(Utf8Bytes::from(text)))
+        .await
+        .is_ok()
+}
+
+/// Token bucket over messages.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+    violations: u32,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.violations = 0;
+            true
+        } else {
+            self.violations += 1;
+            false
+        }
+    }
+}
+
+pub async fn session(
+    mut socket: WebSocket,
+    st: Arc<Signaling>,
+    peer: SocketAddr,
+    host: Option<String>,
+) {
+    let cfg = &st.cfg;
+    // 1. The first message must be `join`, in time.
+    let deadline = Duration::from_secs(cfg.join_timeout_secs);
+    let first = match tokio::time::timeout(deadline, next_text(&mut socket)).await {
+        Err(_) => {
+            let why = format!("send join within {} s", cfg.join_timeout_secs);
+            return close_with(&mut socket, close::JOIN_REQUIRED, &why).await;
+        }
+        Ok(None) => return,
+        Ok(Some(t)) => t,
+    };
+    let join_started = Instant::now();
+    let (req, token, v, resume_from) = match protocol::parse(&first) {
+        Ok((
+            req,
+            ClientMessage::Join {
+                token,
+                v,
+                resume_from,
+            },
+        )) => (req, token, v, resume_from),
+        Ok(_) => {
+            return close_with(
+                &mut socket,
+                close::JOIN_REQUIRED,
+                "the first message must be join",
+            )
+            .await
+        }
+        Err(e) => {
+            let why = format!("the first message must be join ({}: {})", e.code, e.message);
+            return close_with(&mut socket, close::JOIN_REQUIRED, &why).await;
+        }
+    };
+    if v != protocol::VERSION {
+        let why = format!(
+            "protocol version {v} is not supported; this node speaks {}",
+            protocol::VERSION
+        );
+        return close_with(&mut socket, close::UNSUPPORTED_VERSION, &why).await;
+    }
+    let now = unix_now();
+    let claims = match st.verifier.verify(&token, now, None) {
+        Ok(c) => c,
+        Err(e) => return close_with(&mut socket, close::UNAUTHORIZED, &e.to_string()).await,
+    };
+    if !st.accepting() {
+        return close_with(
+            &mut socket,
+            close::GOING_AWAY,
+            "the node is draining; connect to another",
+        )
+        .await;
+    }
+    let role = match claims.role {
+        Role::Device => SfuRole::Device,
+        Role::Player => SfuRole::Player,
+        Role::Viewer => SfuRole::Viewer,
+    };
+    let Ok(mut session) = st
+        .sfu
+        .join(&claims.room, &claims.sub, role, resume_from)
+        .await
+    else {
+        return close_with(&mut socket, close::GOING_AWAY, "the node is stopping").await;
+    };
+    tracing::debug!(%peer, room = %claims.room, identity = %claims.sub, role = role.as_str(), "joined");
+    let joined = json!({
+        "type": "joined", "req": req, "v": protocol::VERSION,
+        "participant": session.id.to_string(), "identity": claims.sub, "role": role.as_str(),
+        "room": claims.room, "expires": claims.exp,
+        "ice_servers": st.ice.for_session(&claims.sub, now, claims.exp, host.as_deref()),
+        "participants": session.participants.iter().map(protocol::participant_json).collect::<Vec<_>>(),
+        "tracks": session.tracks.iter().map(protocol::track_json).collect::<Vec<_>>(),
+    });
+    if !send(&mut socket, joined.to_string()).await {
+        return;
+    }
+
+    // 2. Requests and events.
+    let mut bucket = Bucket {
+        tokens: cfg.message_burst as f64,
+        rate: cfg.messages_per_sec as f64,
+        burst: cfg.message_burst as f64,
+        at: Instant::now(),
+        violations: 0,
+    };
+    let mut connected = false;
+    let token_expiry = Duration::from_secs(claims.exp.saturating_sub(now));
+    let expired = tokio::time::sleep(token_expiry);
+    tokio::pin!(expired);
+    loop {
+        tokio::select! {
+            msg = socket.recv() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Binary(_))) => {
+                        count_error("bad_json");
+                        if !send(&mut socket, protocol::error(None, "bad_json", "binary frames are not part of the protocol; send JSON text")).await {
+                            break;
+                        }
+                        continue;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(e)) => {
+                        tracing::debug!(%peer, "websocket error: {e}");
+                        count_error("too_large");
+                        break;
+                    }
+                };
+                if !bucket.take(Instant::now()) {
+                    count_error("rate_limited");
+                    if bucket.violations >= MAX_VIOLATIONS {
+                        close_with(&mut socket, close::RATE_LIMITED, "too many messages").await;
+                        break;
+                    }
+                    let why = format!("over {} messages/s; message dropped", cfg.messages_per_sec);
+                    if !send(&mut socket, protocol::error(None, "rate_limited", &why)).await {
+                        break;
+                    }
+                    continue;
+                }
+                if text.len() > cfg.max_message_bytes {
+                    count_error("too_large");
+                    let why = format!("message of {} bytes is over the {} byte limit", text.len(), cfg.max_message_bytes);
+                    if !send(&mut socket, protocol::error(None, "too_large", &why)).await {
+                        break;
+                    }
+                    continue;
+                }
+                match handle(&session, role, text.as_str()).await {
+                    Reply::Send(out) => {
+                        if !send(&mut socket, out).await {
+                            break;
+                        }
+                    }
+                    Reply::Leave => {
+                        close_with(&mut socket, close::NORMAL, "left").await;
+                        break;
+                    }
+                }
+            }
+            n = session.notices.recv() => {
+                let Some(n) = n else {
+                    close_with(&mut socket, close::GOING_AWAY, "the node is stopping").await;
+                    break;
+                };
+                if n == Notice::Connected && !connected {
+                    connected = true;
+                    metrics::histogram!("meridian_signaling_join_seconds").record(join_started.elapsed().as_secs_f64());
+                }
+                let failed = match &n {
+                    Notice::Disconnected { reason } => Some(reason.clone()),
+                    _ => None,
+                };
+                if !send(&mut socket, protocol::notice_json(&n).to_string()).await {
+                    break;
+                }
+                if let Some(reason) = failed {
+                    close_with(&mut socket, close::MEDIA_FAILED, &format!("media session ended: {reason}")).await;
+                    break;
+                }
+            }
+            _ = &mut expired => {
+                close_with(&mut socket, close::UNAUTHORIZED, "token expired").await;
+                break;
+            }
+        }
+    }
+    drop(session);
+}
+
+enum Reply {
+    Send(String),
+    Leave,
+}
+
+/// Reads until a text frame (or the end).
+async fn next_text(socket: &mut WebSocket) -> Option<String> {
+    loop {
+        match socket.recv().await? {
+            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(Message::Binary(_)) => return Some(String::new()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+fn sfu_error(req: Option<u64>, e: &SfuError) -> String {
+    count_error(e.code());
+    protocol::error(req, e.code(), &e.to_string())
+}
+
+fn ok(req: Option<u64>, what: &str) -> String {
+    json!({"type": "ok", "req": req, "for": what}).to_string()
+}
+
+async fn handle(session: &Session, role: SfuRole, text: &str) -> Reply {
+    let (req, msg) = match protocol::parse(text) {
+        Ok(x) => x,
+        Err(e) => {
+            count_error(e.code);
+            return Reply::Send(protocol::error(e.req, e.code, &e.message));
+        }
+    };
+    let out = match msg {
+        ClientMessage::Join { .. } => {
+            count_error("already_joined");
+            protocol::error(req, "already_joined", "this connection has joined already")
+        }
+        ClientMessage::Offer { sdp } => match session.offer(sdp).await {
+            Ok(answer) => json!({"type": "answer", "req": req, "sdp": answer}).to_string(),
+            Err(e) => sfu_error(req, &e),
+        },
+        ClientMessage::Candidate { candidate: None } => ok(req, "candidate"),
+        ClientMessage::Candidate { candidate: Some(c) } => match session.candidate(c).await {
+            Ok(()) => ok(req, "candidate"),
+            Err(e) => sfu_error(req, &e),
+        },
+        ClientMessage::Publish { mid, name, layers } => {
+            match session.publish(mid, name, layers).await {
+                Ok(()) => ok(req, "publish"),
+                Err(e) => sfu_error(req, &e),
+            }
+        }
+        ClientMessage::Unpublish { track } => match session.unpublish(track).await {
+            Ok(()) => ok(req, "unpublish"),
+            Err(e) => sfu_error(req, &e),
+        },
+        ClientMessage::Subscribe {
+            track,
+            mid,
+            layer,
+            max_width,
+            max_height,
+        } => {
+            let prefs = LayerPrefs {
+                layer,
+                max_width,
+                max_height,
+            };
+            match session.subscribe(track, mid, prefs).await {
+                Ok(()) => ok(req, "subscribe"),
+                Err(e) => sfu_error(req, &e),
+            }
+        }
+        ClientMessage::Unsubscribe { track } => match session.unsubscribe(track).await {
+            Ok(()) => ok(req, "unsubscribe"),
+            Err(e) => sfu_error(req, &e),
+        },
+        ClientMessage::Mute { track, muted } => {
+            if !role.can_publish() {
+                sfu_error(req, &SfuError::Forbidden(role.as_str(), "mute tracks"))
+            } else {
+                match session.mute(track, muted).await {
+                    Ok(()) => ok(req, "mute"),
+                    Err(e) => sfu_error(req, &e),
+                }
+            }
+        }
+        ClientMessage::Leave => return Reply::Leave,
+        ClientMessage::Ping => json!({"type": "pong", "req": req}).to_string(),
+    };
+    Reply::Send(out)
+}
