@@ -412,11 +412,11 @@ fn start_sfu(config: &Config) -> Result<super::SfuNode, NodeError> {
         rtx_cache_packets: c.rtx_cache_packets,
         initial_estimate_bps: c.initial_bitrate_kbps * 1000,
     };
-    super::SfuNode::start(c.udp, c.public_ip, config.sfu_worker_count(), core).map_err(|source| {
-        NodeError::Listen {
+    super::SfuNode::start(c.udp, &c.tcp, c.public_ip, config.sfu_worker_count(), core).map_err(
+        |source| NodeError::Listen {
             transport: "SFU UDP",
             addr: c.udp,
             source,
-        }
-    })
+        },
+    )
 }

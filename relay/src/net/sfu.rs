@@ -15,7 +15,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::sfu::layer::LayerPrefs;
@@ -24,8 +25,14 @@ use crate::sfu::{
     SfuConfig, SfuError, TrackInfo,
 };
 
-/// Largest datagram read.
+/// Largest datagram read, and the largest ICE-TCP frame accepted.
 const MTU: usize = 2048;
+/// An ICE-TCP connection must send its first frame (a STUN binding request) within this.
+const TCP_FIRST_FRAME: Duration = Duration::from_secs(10);
+/// Frames queued for one ICE-TCP connection before newer ones are dropped.
+const TCP_QUEUE: usize = 512;
+/// ICE-TCP connections one shard keeps.
+const MAX_TCP_CONNS: usize = 4096;
 /// Shard ids live in the top bits of participant ids.
 const SHARD_SHIFT: u32 = 48;
 
@@ -37,6 +44,22 @@ enum Command {
     Datagram {
         source: SocketAddr,
         contents: Vec<u8>,
+    },
+    /// An ICE-TCP connection whose first frame names one of our sessions.
+    TcpConn {
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        first: Vec<u8>,
+    },
+    /// A frame read from one of our ICE-TCP connections.
+    TcpFrame {
+        peer: SocketAddr,
+        local: SocketAddr,
+        frame: Vec<u8>,
+    },
+    TcpClosed {
+        peer: SocketAddr,
     },
     Stop,
 }
@@ -53,6 +76,8 @@ struct Shard {
     sfu: Sfu,
     notices: HashMap<ParticipantId, mpsc::UnboundedSender<Notice>>,
     router: Arc<Router>,
+    /// Writers of this shard's ICE-TCP connections, by remote address.
+    tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
 }
 
 /// A running SFU: its shards and the address sessions reach it on.
@@ -67,6 +92,8 @@ pub struct SfuHandle {
     shards: Arc<Vec<mpsc::UnboundedSender<Command>>>,
     /// The UDP address sessions connect to (as advertised in candidates).
     pub udp: SocketAddr,
+    /// The ICE-TCP addresses (as advertised).
+    pub tcp: Vec<SocketAddr>,
 }
 
 /// The SFU shut down (the node is stopping).
@@ -90,6 +117,7 @@ impl SfuNode {
     /// `advertise` replaces the bound IP in ICE candidates (1:1 NAT); the port is the bound one.
     pub fn start(
         listen: SocketAddr,
+        tcp_listen: &[SocketAddr],
         advertise: Option<std::net::IpAddr>,
         shards: usize,
         mut cfg: SfuConfig,
@@ -98,6 +126,17 @@ impl SfuNode {
         let bound = sockets[0].local_addr()?;
         let udp = SocketAddr::new(advertise.unwrap_or(bound.ip()), bound.port());
         cfg.udp_candidates = vec![udp];
+        // Per configured ICE-TCP address, one SO_REUSEPORT listener per shard.
+        let mut tcp_sets = Vec::new();
+        cfg.tcp_candidates.clear();
+        for addr in tcp_listen {
+            let set = super::sockets::reuseport_tcp(*addr, sockets.len())?;
+            let b = set[0].local_addr()?;
+            cfg.tcp_candidates
+                .push(SocketAddr::new(advertise.unwrap_or(b.ip()), b.port()));
+            tcp_sets.push(set);
+        }
+        let tcp_addrs = cfg.tcp_candidates.clone();
         let router = Arc::new(Router::default());
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
@@ -109,6 +148,11 @@ impl SfuNode {
         let senders = Arc::new(senders);
         let mut threads = Vec::new();
         for (id, (sock, rx)) in sockets.into_iter().zip(receivers).enumerate() {
+            let listeners: Vec<(std::net::TcpListener, SocketAddr)> = tcp_sets
+                .iter_mut()
+                .zip(&tcp_addrs)
+                .filter_map(|(set, adv)| set.pop().map(|l| (l, *adv)))
+                .collect();
             let sfu = Sfu::new(cfg.clone(), (id as u64) << SHARD_SHIFT, Instant::now())
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             let shard = Shard {
@@ -116,6 +160,7 @@ impl SfuNode {
                 sfu,
                 notices: HashMap::new(),
                 router: router.clone(),
+                tcp: HashMap::new(),
             };
             let peers = senders.clone();
             let t = std::thread::Builder::new()
@@ -131,7 +176,7 @@ impl SfuNode {
                             return;
                         }
                     };
-                    rt.block_on(run_shard(shard, sock, udp, rx, peers));
+                    rt.block_on(run_shard(shard, sock, udp, listeners, rx, peers));
                 })?;
             threads.push(t);
         }
@@ -139,6 +184,7 @@ impl SfuNode {
             handle: SfuHandle {
                 shards: senders,
                 udp,
+                tcp: tcp_addrs,
             },
             threads,
         })
@@ -342,6 +388,7 @@ async fn run_shard(
     mut shard: Shard,
     sock: std::net::UdpSocket,
     local: SocketAddr,
+    listeners: Vec<(std::net::TcpListener, SocketAddr)>,
     mut rx: mpsc::UnboundedReceiver<Command>,
     peers: Arc<Vec<mpsc::UnboundedSender<Command>>>,
 ) {
@@ -352,6 +399,20 @@ async fn run_shard(
             return;
         }
     };
+    for (l, advertised) in listeners {
+        match tokio::net::TcpListener::from_std(l) {
+            Ok(l) => {
+                tokio::spawn(accept_tcp(
+                    l,
+                    advertised,
+                    shard.id,
+                    shard.router.clone(),
+                    peers.clone(),
+                ));
+            }
+            Err(e) => tracing::error!("SFU shard {}: ICE-TCP listener: {e}", shard.id),
+        }
+    }
     let mut buf = vec![0u8; MTU];
     let mut export = super::metrics::SfuExport::default();
     let mut next_export = Instant::now() + Duration::from_secs(1);
@@ -387,6 +448,15 @@ async fn run_shard(
                             }
                         }
                     }
+                    Some(Command::TcpConn { stream, peer, local, first }) => {
+                        shard.adopt_tcp(stream, peer, local, &first, &peers, now);
+                    }
+                    Some(Command::TcpFrame { peer, local, frame }) => {
+                        shard.sfu.handle_receive(now, Protocol::Tcp, peer, local, &frame);
+                    }
+                    Some(Command::TcpClosed { peer }) => {
+                        shard.tcp.remove(&peer);
+                    }
                     Some(Command::Stop) | None => break,
                 }
             }
@@ -400,6 +470,13 @@ async fn run_shard(
             }
         }
         while let Some(t) = shard.sfu.poll_transmit() {
+            if t.proto == Protocol::Tcp {
+                if let Some(w) = shard.tcp.get(&t.destination) {
+                    // A full queue means the connection cannot keep up: drop, like UDP would.
+                    let _ = w.try_send(t.contents.into());
+                }
+                continue;
+            }
             if t.proto != Protocol::Udp {
                 continue;
             }
@@ -415,5 +492,132 @@ async fn run_shard(
             }
         }
         shard.flush_notices();
+    }
+}
+
+impl Shard {
+    /// Takes over an ICE-TCP connection whose first frame belongs to one of our sessions.
+    fn adopt_tcp(
+        &mut self,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        first: &[u8],
+        peers: &Arc<Vec<mpsc::UnboundedSender<Command>>>,
+        now: Instant,
+    ) {
+        if self.tcp.len() >= MAX_TCP_CONNS {
+            return;
+        }
+        let Ok(stream) = TcpStream::from_std(stream) else {
+            return;
+        };
+        let (mut rd, mut wr) = stream.into_split();
+        let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
+        self.tcp.insert(peer, wtx);
+        tokio::spawn(async move {
+            while let Some(frame) = wrx.recv().await {
+                let Ok(len) = u16::try_from(frame.len()) else {
+                    continue;
+                };
+                let mut out = Vec::with_capacity(frame.len() + 2);
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(&frame);
+                if wr.write_all(&out).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let me = peers[self.id].clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; MTU];
+            while let Ok(Some(n)) = read_frame(&mut rd, &mut buf).await {
+                let frame = buf[..n].to_vec();
+                if me.send(Command::TcpFrame { peer, local, frame }).is_err() {
+                    return;
+                }
+            }
+            let _ = me.send(Command::TcpClosed { peer });
+        });
+        if !self
+            .sfu
+            .handle_receive(now, Protocol::Tcp, peer, local, first)
+        {
+            self.tcp.remove(&peer);
+        }
+    }
+}
+
+/// Reads one RFC 4571 frame (16-bit length, then the packet) into `buf`. `Ok(None)` at a clean
+/// end; an error for a frame that is empty or larger than `buf`.
+async fn read_frame<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+) -> std::io::Result<Option<usize>> {
+    let mut len = [0u8; 2];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let n = u16::from_be_bytes(len) as usize;
+    if n == 0 || n > buf.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("ICE-TCP frame of {n} bytes"),
+        ));
+    }
+    r.read_exact(&mut buf[..n]).await?;
+    Ok(Some(n))
+}
+
+/// Accepts ICE-TCP connections on one shard's listener and hands each to the shard that owns
+/// the session named in its first frame (a STUN binding request carrying the ICE ufrag).
+async fn accept_tcp(
+    listener: tokio::net::TcpListener,
+    advertised: SocketAddr,
+    shard: usize,
+    router: Arc<Router>,
+    peers: Arc<Vec<mpsc::UnboundedSender<Command>>>,
+) {
+    loop {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!("SFU shard {shard}: ICE-TCP accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let peers = peers.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; MTU];
+            let first = match tokio::time::timeout(
+                TCP_FIRST_FRAME,
+                read_frame(&mut stream, &mut buf),
+            )
+            .await
+            {
+                Ok(Ok(Some(n))) => buf[..n].to_vec(),
+                _ => return,
+            };
+            let owner = crate::sfu::stun_local_ufrag(&first)
+                .and_then(|u| router.ufrags.read().ok()?.get(u).copied());
+            let Some(owner) = owner else {
+                tracing::debug!(%peer, "ICE-TCP connection for no known session");
+                return;
+            };
+            let Ok(stream) = stream.into_std() else {
+                return;
+            };
+            let _ = peers[owner].send(Command::TcpConn {
+                stream,
+                peer,
+                local: advertised,
+                first,
+            });
+        });
     }
 }

@@ -580,3 +580,65 @@ fn stalled_publisher_is_reported_then_clears() {
     net.send_vp8(d, mid, 2, true);
     assert!(net.run_until(Duration::from_secs(1), |n| stalled(n, false)));
 }
+
+#[test]
+fn ice_tcp_candidates_connect_when_udp_is_blocked() {
+    let now = Instant::now();
+    let server_tcp: SocketAddr = "10.0.0.1:7881".parse().unwrap();
+    let cfg = SfuConfig {
+        udp_candidates: vec![SERVER.parse().unwrap()],
+        tcp_candidates: vec![server_tcp],
+        ..Default::default()
+    };
+    let mut net = Net {
+        now,
+        sfu: Sfu::new(cfg, 0, now).unwrap(),
+        clients: Vec::new(),
+    };
+    // A client that can only make outgoing TCP connections (an active TCP candidate).
+    let addr: SocketAddr = "10.0.1.9:40000".parse().unwrap();
+    let mut rtc = Rtc::builder().set_rtp_mode(true).build(net.now);
+    rtc.add_local_candidate(
+        Candidate::builder()
+            .tcp()
+            .host(addr)
+            .tcptype(str0m::net::TcpType::Active)
+            .build()
+            .unwrap(),
+    );
+    let id = net.sfu.join(
+        JoinRequest {
+            room: "arena",
+            identity: "tcp-device",
+            role: Role::Device,
+            resume_from: None,
+        },
+        net.now,
+    );
+    let mut api = rtc.sdp_api();
+    let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    let (offer, pending) = api.apply().unwrap();
+    let answer = net.sfu.offer(id, &offer.to_sdp_string(), net.now).unwrap();
+    assert!(
+        answer.contains("tcptype passive"),
+        "answer offers ICE-TCP: {answer}"
+    );
+    rtc.sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+        .unwrap();
+    net.clients.push(Client {
+        rtc,
+        addr,
+        id,
+        events: Vec::new(),
+        notices: Vec::new(),
+        controls: None,
+    });
+    assert!(
+        net.run_until(Duration::from_secs(5), |n| n.connected(0)),
+        "connects over TCP"
+    );
+    net.send_vp8(0, mid, 1, true);
+    net.tick(Duration::from_millis(5));
+    assert!(net.sfu.stats().packets_in > 0);
+}
