@@ -84,6 +84,9 @@ enum Command {
     /// Load generators and comparisons.
     #[command(subcommand)]
     Bench(Bench),
+    /// Simulate a device: publish an H.264 test pattern (OpenH264) into a room at a given
+    /// bitrate and print, one JSON line each, the controls and input players send it.
+    Device(Box<meridian_bench::client::device::DeviceArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -159,6 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(Bench::Turn(args)) => meridian_bench::turn::run(*args),
+        Command::Device(args) => meridian_bench::client::device::run(*args),
     }
 }
 

@@ -56,30 +56,28 @@ impl IceServers {
             Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name.to_string(),
             _ => h.to_string(),
         });
-        let name = |a: &SocketAddr| -> String {
+        // The host clients should use for a listener; None when there is no usable one (a
+        // wildcard listener with neither an external address nor a Host header).
+        let name = |a: &SocketAddr| -> Option<String> {
             match (a.ip(), self.external_ipv4, &host_name) {
-                (ip, Some(ext), _) if ip.is_unspecified() => ext.to_string(),
-                (ip, _, Some(h)) if ip.is_unspecified() => h.clone(),
-                (IpAddr::V6(v6), _, _) => format!("[{v6}]"),
-                (ip, _, _) => ip.to_string(),
+                (IpAddr::V4(ip), Some(ext), _) if ip.is_unspecified() => Some(ext.to_string()),
+                (ip, _, Some(h)) if ip.is_unspecified() => Some(h.clone()),
+                (ip, _, _) if ip.is_unspecified() => None,
+                (IpAddr::V6(v6), _, _) => Some(format!("[{v6}]")),
+                (ip, _, _) => Some(ip.to_string()),
             }
         };
         let mut urls: Vec<String> = Vec::new();
-        urls.extend(
-            self.udp
-                .iter()
-                .map(|a| format!("turn:{}:{}?transport=udp", name(a), a.port())),
-        );
-        urls.extend(
-            self.tcp
-                .iter()
-                .map(|a| format!("turn:{}:{}?transport=tcp", name(a), a.port())),
-        );
-        urls.extend(
-            self.tls
-                .iter()
-                .map(|a| format!("turns:{}:{}?transport=tcp", name(a), a.port())),
-        );
+        let mut add = |list: &[SocketAddr], scheme: &str, transport: &str| {
+            for a in list {
+                if let Some(h) = name(a) {
+                    urls.push(format!("{scheme}:{h}:{}?transport={transport}", a.port()));
+                }
+            }
+        };
+        add(&self.udp, "turn", "udp");
+        add(&self.tcp, "turn", "tcp");
+        add(&self.tls, "turns", "tcp");
         if urls.is_empty() {
             return json!([]);
         }
@@ -128,6 +126,23 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(exp, 1000 + cfg.auth.credential_ttl_secs);
+    }
+
+    #[test]
+    fn wildcard_listeners_need_a_name() {
+        let mut cfg = Config::default();
+        cfg.auth.rest_secrets = vec!["s".into()];
+        cfg.turn.udp = vec!["0.0.0.0:3478".parse().unwrap()];
+        cfg.turn.tcp = vec!["[::]:3478".parse().unwrap()];
+        cfg.turn.tls = vec![];
+        let ice = IceServers::from_config(&cfg);
+        // No Host header and no external address: nothing usable to advertise.
+        assert_eq!(ice.for_session("a", 0, 100, None), json!([]));
+        cfg.turn.external_ipv4 = Some("203.0.113.5".parse().unwrap());
+        let ice = IceServers::from_config(&cfg);
+        let v = ice.for_session("a", 0, 100, None);
+        // The IPv4 external address is not advertised for the IPv6 wildcard listener.
+        assert_eq!(v[0]["urls"], json!(["turn:203.0.113.5:3478?transport=udp"]));
     }
 
     #[test]

@@ -31,6 +31,7 @@ async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
         close::RATE_LIMITED => "rate_limited_closed",
         close::MEDIA_FAILED => "media_failed",
         close::GOING_AWAY => "going_away",
+        close::TOO_BIG => "too_large",
         _ => "closed",
     });
     // Close reasons are limited to 123 bytes.
@@ -95,6 +96,14 @@ pub async fn session(
         Ok(None) => return,
         Ok(Some(t)) => t,
     };
+    if first.len() > cfg.max_message_bytes {
+        let why = format!(
+            "join of {} bytes is over the {} byte limit",
+            first.len(),
+            cfg.max_message_bytes
+        );
+        return close_with(&mut socket, close::JOIN_REQUIRED, &why).await;
+    }
     let join_started = Instant::now();
     let (req, token, v, resume_from) = match protocol::parse(&first) {
         Ok((
@@ -178,23 +187,19 @@ pub async fn session(
     loop {
         tokio::select! {
             msg = socket.recv() => {
-                let text = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(_))) => {
-                        count_error("bad_json");
-                        if !send(&mut socket, protocol::error(None, "bad_json", "binary frames are not part of the protocol; send JSON text")).await {
-                            break;
-                        }
-                        continue;
-                    }
+                let frame = match msg {
+                    Some(Ok(Message::Text(t))) => Ok(t),
+                    Some(Ok(Message::Binary(_))) => Err(()),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Close(_))) | None => break,
                     Some(Err(e)) => {
+                        // Over the hard size cap, or a broken frame: nothing more can be read.
                         tracing::debug!(%peer, "websocket error: {e}");
-                        count_error("too_large");
+                        close_with(&mut socket, close::TOO_BIG, "message too large or malformed frame").await;
                         break;
                     }
                 };
+                // Every frame, even a bad one, costs a token.
                 if !bucket.take(Instant::now()) {
                     count_error("rate_limited");
                     if bucket.violations >= MAX_VIOLATIONS {
@@ -207,6 +212,13 @@ pub async fn session(
                     }
                     continue;
                 }
+                let Ok(text) = frame else {
+                    count_error("bad_json");
+                    if !send(&mut socket, protocol::error(None, "bad_json", "binary frames are not part of the protocol; send JSON text")).await {
+                        break;
+                    }
+                    continue;
+                };
                 if text.len() > cfg.max_message_bytes {
                     count_error("too_large");
                     let why = format!("message of {} bytes is over the {} byte limit", text.len(), cfg.max_message_bytes);

@@ -182,10 +182,25 @@ impl WorkerMetrics {
 #[derive(Default)]
 pub struct SfuExport {
     last: crate::sfu::SfuStats,
+    last_driver: ShardCounters,
+}
+
+/// What the shard driver itself counts.
+#[derive(Default, Clone, Copy)]
+pub struct ShardCounters {
+    /// Datagrams no session on any shard claimed.
+    pub unknown_source: u64,
+    /// Datagrams the kernel delivered to another shard's socket, handed to the owner.
+    pub misrouted: u64,
 }
 
 impl SfuExport {
-    pub fn export(&mut self, shard: usize, sfu: &mut crate::sfu::Sfu) {
+    pub fn export(&mut self, shard: usize, sfu: &mut crate::sfu::Sfu, driver: ShardCounters) {
+        counter!("meridian_sfu_dropped_total", "reason" => "unknown_source")
+            .increment(driver.unknown_source - self.last_driver.unknown_source);
+        counter!("meridian_sfu_misrouted_datagrams_total")
+            .increment(driver.misrouted - self.last_driver.misrouted);
+        self.last_driver = driver;
         let s = sfu.stats().clone();
         let l = &self.last;
         let shard_label = shard.to_string();
@@ -226,8 +241,6 @@ impl SfuExport {
             s.message_errors,
             l.message_errors,
         );
-        counter!("meridian_sfu_dropped_total", "reason" => "unknown_source")
-            .increment(s.unknown_source - l.unknown_source);
         counter!("meridian_sfu_dropped_total", "reason" => "rtc_input_error")
             .increment(s.rtc_input_errors - l.rtc_input_errors);
         counter!("meridian_sfu_dropped_total", "reason" => "forbidden_media")

@@ -78,6 +78,9 @@ struct Shard {
     router: Arc<Router>,
     /// Writers of this shard's ICE-TCP connections, by remote address.
     tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    /// Each session's ICE ufrag, to drop its route when it goes.
+    ufrags: HashMap<ParticipantId, String>,
+    counters: super::metrics::ShardCounters,
 }
 
 /// A running SFU: its shards and the address sessions reach it on.
@@ -161,6 +164,8 @@ impl SfuNode {
                 notices: HashMap::new(),
                 router: router.clone(),
                 tcp: HashMap::new(),
+                ufrags: HashMap::new(),
+                counters: Default::default(),
             };
             let peers = senders.clone();
             let t = std::thread::Builder::new()
@@ -234,10 +239,11 @@ impl SfuHandle {
                 now,
             );
             s.notices.insert(id, ntx);
-            if let Some(u) = s.sfu.local_ufrag(id) {
+            if let Some(u) = s.sfu.local_ufrag(id).map(str::to_string) {
                 if let Ok(mut m) = s.router.ufrags.write() {
-                    m.insert(u.to_string(), s.id);
+                    m.insert(u.clone(), s.id);
                 }
+                s.ufrags.insert(id, u);
             }
             let (p, t) = s.sfu.snapshot(id);
             s.flush_notices();
@@ -350,6 +356,14 @@ async fn call<R: Send + 'static>(
 impl Shard {
     /// Hands queued notices to their sessions' signaling connections.
     fn flush_notices(&mut self) {
+        let gone = self.sfu.take_departed_addrs();
+        if !gone.is_empty() {
+            if let Ok(mut m) = self.router.addrs.write() {
+                for a in gone {
+                    m.remove(&a);
+                }
+            }
+        }
         while let Some((id, n)) = self.sfu.poll_notice() {
             let gone = matches!(n, Notice::Disconnected { .. });
             if let Some(tx) = self.notices.get(&id) {
@@ -363,9 +377,9 @@ impl Shard {
 
     fn forget(&mut self, id: ParticipantId) {
         self.notices.remove(&id);
-        if let Some(u) = self.sfu.local_ufrag(id) {
+        if let Some(u) = self.ufrags.remove(&id) {
             if let Ok(mut m) = self.router.ufrags.write() {
-                m.remove(u);
+                m.remove(&u);
             }
         }
     }
@@ -427,9 +441,10 @@ async fn run_shard(
                         if !shard.sfu.handle_receive(now, Protocol::Udp, source, local, contents) {
                             match shard.owner_of(source, contents) {
                                 Some(owner) if owner != shard.id => {
+                                    shard.counters.misrouted += 1;
                                     let _ = peers[owner].send(Command::Datagram { source, contents: contents.to_vec() });
                                 }
-                                _ => {}
+                                _ => shard.counters.unknown_source += 1,
                             }
                         }
                     }
@@ -443,6 +458,7 @@ async fn run_shard(
                     Some(Command::Datagram { source, contents }) => {
                         if !shard.sfu.handle_receive(now, Protocol::Udp, source, local, &contents) {
                             // Stale route: the session is gone. Never bounce it again.
+                            shard.counters.unknown_source += 1;
                             if let Ok(mut m) = shard.router.addrs.write() {
                                 m.remove(&source);
                             }
@@ -465,7 +481,7 @@ async fn run_shard(
                 shard.sfu.handle_timeout(now);
                 if now >= next_export {
                     next_export = now + Duration::from_secs(1);
-                    export.export(shard.id, &mut shard.sfu);
+                    export.export(shard.id, &mut shard.sfu, shard.counters);
                 }
             }
         }

@@ -251,8 +251,6 @@ pub struct SfuStats {
     pub room_messages: u64,
     pub input_messages: u64,
     pub message_errors: u64,
-    /// Datagrams that no session claimed.
-    pub unknown_source: u64,
     /// Datagrams a session's WebRTC stack rejected.
     pub rtc_input_errors: u64,
     /// Media a session sent without being allowed to publish.
@@ -280,7 +278,13 @@ pub struct JoinRequest<'a> {
 struct Room {
     members: Vec<ParticipantId>,
     log: MessageLog,
+    /// When the last member left. The room (and its message log, for clients resuming after
+    /// a reconnect) is kept for [`ROOM_LINGER`].
+    empty_since: Option<Instant>,
 }
+
+/// How long an empty room keeps its message log.
+const ROOM_LINGER: Duration = Duration::from_secs(300);
 
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 /// Bound on event processing per input, so no loop runs unbounded.
@@ -303,6 +307,8 @@ pub struct Sfu {
     next_window: Instant,
     /// Join-to-first-media-sent times, drained by the driver into a histogram.
     first_media: Vec<Duration>,
+    /// Source addresses of sessions that left, drained by the driver (its routing table).
+    departed_addrs: Vec<SocketAddr>,
 }
 
 impl Sfu {
@@ -335,6 +341,7 @@ impl Sfu {
             next_housekeeping: now + HOUSEKEEPING,
             next_window: now + RATE_WINDOW,
             first_media: Vec::new(),
+            departed_addrs: Vec::new(),
         })
     }
 
@@ -359,6 +366,10 @@ impl Sfu {
             .count();
         let subs = self.participants.values().map(|p| p.subs.len()).sum();
         (publishers, subs)
+    }
+
+    pub fn take_departed_addrs(&mut self) -> Vec<SocketAddr> {
+        std::mem::take(&mut self.departed_addrs)
     }
 
     pub fn take_first_media_latencies(&mut self) -> Vec<Duration> {
@@ -437,7 +448,9 @@ impl Sfu {
         let r = self.rooms.entry(room).or_insert_with(|| Room {
             members: Vec::new(),
             log: MessageLog::new(log),
+            empty_since: None,
         });
+        r.empty_since = None;
         for other in &r.members {
             self.out
                 .notices
@@ -585,6 +598,9 @@ impl Sfu {
             .participants
             .get(&id)
             .ok_or(SfuError::UnknownParticipant)?;
+        if p.role == Role::Device {
+            return Err(SfuError::Forbidden("device", "subscribe"));
+        }
         let Some(t) = self.tracks.get(track) else {
             return Err(SfuError::UnknownTrack(track.to_string()));
         };
@@ -606,12 +622,27 @@ impl Sfu {
             return Ok(());
         }
         let mid = Mid::from(mid);
-        let negotiated = p
-            .rtc
-            .media(mid)
-            .is_some_and(|m| m.direction().is_sending() && m.kind() == t.kind);
+        let negotiated = match p.rtc.media(mid) {
+            None => false,
+            Some(m) if m.kind() != t.kind => {
+                return Err(SfuError::BadRequest(format!(
+                    "mid {mid} is {}, track {track} is {}",
+                    m.kind(),
+                    t.kind
+                )))
+            }
+            Some(m) if !m.direction().is_sending() => {
+                return Err(SfuError::BadRequest(format!(
+                    "mid {mid} does not receive media (direction {}); offer it recvonly",
+                    m.direction()
+                )))
+            }
+            Some(_) => true,
+        };
         let p = self.participants.get_mut(&id).expect("checked above");
-        if p.subs.contains_key(&mid) {
+        let taken =
+            p.subs.contains_key(&mid) || p.wanted.get(&mid).is_some_and(|(t, _)| *t != track_id);
+        if taken {
             return Err(SfuError::BadRequest(format!(
                 "mid {mid} already carries another track; unsubscribe it first"
             )));
@@ -629,13 +660,24 @@ impl Sfu {
             .participants
             .get_mut(&id)
             .ok_or(SfuError::UnknownParticipant)?;
+        let pending = p.wanted.len();
         p.wanted.retain(|_, (t, _)| &**t != track);
+        let was_pending = p.wanted.len() != pending;
         let Some(mid) = p
             .subs
             .iter()
             .find(|(_, s)| &*s.track == track)
             .map(|(m, _)| *m)
         else {
+            if was_pending {
+                self.out.notices.push_back((
+                    id,
+                    Notice::Unsubscribed {
+                        track: track.to_string(),
+                    },
+                ));
+                return Ok(());
+            }
             return Err(SfuError::UnknownTrack(track.to_string()));
         };
         p.subs.remove(&mid);
@@ -707,6 +749,7 @@ impl Sfu {
         p.rtc.disconnect();
         self.stats.leaves += 1;
         self.by_ufrag.remove(&p.ufrag);
+        self.departed_addrs.extend(p.addrs.iter().copied());
         for a in &p.addrs {
             if self.by_addr.get(a) == Some(&id) {
                 self.by_addr.remove(a);
@@ -722,9 +765,7 @@ impl Sfu {
         }
         if let Some(r) = self.rooms.get_mut(&p.room) {
             r.members.retain(|m| *m != id);
-            if r.members.is_empty() {
-                self.rooms.remove(&p.room);
-            } else {
+            if !r.members.is_empty() {
                 self.notify_room(
                     &p.room,
                     None,
@@ -760,10 +801,7 @@ impl Sfu {
                     }
                     id
                 }
-                None => {
-                    self.stats.unknown_source += 1;
-                    return false;
-                }
+                None => return false,
             },
         };
         let Some(p) = self.participants.get_mut(&id) else {
@@ -1057,7 +1095,7 @@ impl Sfu {
                 ));
             } else {
                 let track_id: Arc<str> = Arc::from(format!("{id}-{mid}"));
-                let mut t = Track::new(track_id.clone(), id, mid, kind, rids);
+                let mut t = Track::new(track_id.clone(), id, mid, kind, rids, now);
                 if let Some(meta) = p.publish_meta.remove(&mid) {
                     apply_meta(&mut t, meta.name, &meta.layers);
                 }
@@ -1610,14 +1648,21 @@ impl Sfu {
         if now < self.next_window {
             return;
         }
+        for r in self.rooms.values_mut() {
+            if r.members.is_empty() {
+                r.empty_since.get_or_insert(now);
+            }
+        }
+        self.rooms.retain(|_, r| {
+            r.empty_since
+                .is_none_or(|t| now.saturating_duration_since(t) < ROOM_LINGER)
+        });
         let elapsed = RATE_WINDOW + now.saturating_duration_since(self.next_window);
         self.next_window = now + RATE_WINDOW;
         let mut stalled = Vec::new();
         for t in self.tracks.values_mut() {
             t.roll_window(elapsed);
-            let since = t
-                .last_media
-                .map_or(Duration::MAX, |at| now.saturating_duration_since(at));
+            let since = now.saturating_duration_since(t.last_media.unwrap_or(t.created));
             if !t.stalled && !t.muted && since >= self.cfg.stall_after {
                 t.stalled = true;
                 self.stats.stalls += 1;

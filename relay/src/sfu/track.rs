@@ -53,6 +53,8 @@ pub struct Track {
     pub muted: bool,
     pub stalled: bool,
     pub last_media: Option<Instant>,
+    /// When the track was negotiated (a track that never carries media stalls from here).
+    pub created: Instant,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -64,6 +66,7 @@ impl Track {
         mid: Mid,
         kind: MediaKind,
         rids: &[Rid],
+        now: Instant,
     ) -> Self {
         let layers = if rids.is_empty() {
             vec![Layer::new(None)]
@@ -83,6 +86,7 @@ impl Track {
             muted: false,
             stalled: false,
             last_media: None,
+            created: now,
             packets: 0,
             bytes: 0,
         }
@@ -231,6 +235,7 @@ mod tests {
             Mid::from("0"),
             MediaKind::Video,
             &[],
+            t0,
         );
         for i in 0..100 {
             t.on_packet(None, 1250, t0 + Duration::from_millis(i * 10));
