@@ -177,6 +177,23 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
         port_min: t.relay_port_min,
         port_max: t.relay_port_max,
     };
+    // The SFU starts first: TURN clients may relay to it, in process.
+    let sfu = start_sfu(&config)?;
+    let mut sfu_addrs = vec![sfu.handle().udp];
+    if sfu.handle().bound_udp != sfu.handle().udp {
+        sfu_addrs.push(sfu.handle().bound_udp);
+    }
+    let strict = PeerPolicy::new(
+        config.security.allow_peers.clone(),
+        config.security.deny_peers.clone(),
+        own_addresses(&config, &bound_udp, &bound_tcp, &bound_tls),
+    );
+    let mut guarded: Vec<IpAddr> = sfu_addrs
+        .iter()
+        .map(|a| a.ip())
+        .filter(|ip| strict.check(*ip).is_err())
+        .collect();
+    guarded.dedup();
     let shared = Shared {
         credentials: Arc::new(Credentials::new(
             config
@@ -186,11 +203,14 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
                 .map(|u| (u.username.clone(), u.password.clone())),
             config.auth.rest_secrets.iter().cloned(),
         )),
-        policy: Arc::new(PeerPolicy::new(
-            config.security.allow_peers.clone(),
-            config.security.deny_peers.clone(),
-            own_addresses(&config, &bound_udp, &bound_tcp, &bound_tls),
-        )),
+        policy: Arc::new(
+            PeerPolicy::new(
+                config.security.allow_peers.clone(),
+                config.security.deny_peers.clone(),
+                own_addresses(&config, &bound_udp, &bound_tcp, &bound_tls),
+            )
+            .with_services(sfu_addrs.iter().map(|a| a.ip())),
+        ),
         ledger: Arc::new(AllocationLedger::new(
             config.limits.max_allocations,
             config.limits.max_allocations_per_user,
@@ -242,11 +262,16 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
                 config.limits.unallocated_connection_timeout_secs,
             ),
             control: rx,
+            sfu: Some(worker::SfuLink {
+                handle: sfu.handle(),
+                addrs: sfu_addrs.clone(),
+                guarded: guarded.clone(),
+                me: controls[id].clone(),
+            }),
         };
         threads.push(worker::spawn(setup)?);
     }
 
-    let sfu = start_sfu(&config)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

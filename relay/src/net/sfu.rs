@@ -45,6 +45,13 @@ enum Command {
         source: SocketAddr,
         contents: Vec<u8>,
     },
+    /// A datagram a client relayed through this node's TURN to the SFU (in-process hand-off).
+    FromTurn {
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: Vec<u8>,
+        back: TurnBack,
+    },
     /// An ICE-TCP connection whose first frame names one of our sessions.
     TcpConn {
         stream: std::net::TcpStream,
@@ -64,11 +71,36 @@ enum Command {
     Stop,
 }
 
-/// Which shard owns an ICE ufrag or a source address (the misrouted-datagram path only).
+/// Which shard owns an ICE ufrag or a source address (the misrouted-datagram and TURN
+/// hand-off paths only).
 #[derive(Default)]
 struct Router {
     ufrags: RwLock<HashMap<String, usize>>,
     addrs: RwLock<HashMap<SocketAddr, usize>>,
+}
+
+impl Router {
+    /// The shard owning the session `source` belongs to, learning the address from the ICE
+    /// ufrag of a STUN request.
+    fn owner(&self, source: SocketAddr, contents: &[u8]) -> Option<usize> {
+        if let Some(s) = self.addrs.read().ok()?.get(&source) {
+            return Some(*s);
+        }
+        let ufrag = crate::sfu::stun_local_ufrag(contents)?;
+        let owner = *self.ufrags.read().ok()?.get(ufrag)?;
+        if let Ok(mut m) = self.addrs.write() {
+            m.insert(source, owner);
+        }
+        Some(owner)
+    }
+}
+
+/// Where the SFU sends datagrams for a session that reaches it through this node's TURN: the
+/// TURN worker holding the relay, and which relay.
+#[derive(Clone, Debug)]
+pub struct TurnBack {
+    pub tx: mpsc::UnboundedSender<super::worker::Control>,
+    pub relay: crate::turn::RelayId,
 }
 
 struct Shard {
@@ -80,6 +112,8 @@ struct Shard {
     tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     /// Each session's ICE ufrag, to drop its route when it goes.
     ufrags: HashMap<ParticipantId, String>,
+    /// Relay addresses of sessions that come through this node's TURN.
+    via_turn: HashMap<SocketAddr, TurnBack>,
     counters: super::metrics::ShardCounters,
 }
 
@@ -95,8 +129,11 @@ pub struct SfuHandle {
     shards: Arc<Vec<mpsc::UnboundedSender<Command>>>,
     /// The UDP address sessions connect to (as advertised in candidates).
     pub udp: SocketAddr,
+    /// The UDP address as bound (differs from `udp` behind 1:1 NAT).
+    pub bound_udp: SocketAddr,
     /// The ICE-TCP addresses (as advertised).
     pub tcp: Vec<SocketAddr>,
+    router: Arc<Router>,
 }
 
 /// The SFU shut down (the node is stopping).
@@ -165,6 +202,7 @@ impl SfuNode {
                 router: router.clone(),
                 tcp: HashMap::new(),
                 ufrags: HashMap::new(),
+                via_turn: HashMap::new(),
                 counters: Default::default(),
             };
             let peers = senders.clone();
@@ -189,7 +227,9 @@ impl SfuNode {
             handle: SfuHandle {
                 shards: senders,
                 udp,
+                bound_udp: bound,
                 tcp: tcp_addrs,
+                router,
             },
             threads,
         })
@@ -257,6 +297,28 @@ impl SfuHandle {
             tracks,
             notices: nrx,
         })
+    }
+
+    /// Hands a datagram a TURN client relayed to the SFU (`destination`) to the shard owning
+    /// its session; the shard answers through `back`. False when no session claims it.
+    pub fn handoff(
+        &self,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: Vec<u8>,
+        back: TurnBack,
+    ) -> bool {
+        let Some(owner) = self.router.owner(source, &contents) else {
+            return false;
+        };
+        self.shards[owner]
+            .send(Command::FromTurn {
+                source,
+                destination,
+                contents,
+                back,
+            })
+            .is_ok()
     }
 
     /// Live devices across all shards.
@@ -357,6 +419,9 @@ impl Shard {
     /// Hands queued notices to their sessions' signaling connections.
     fn flush_notices(&mut self) {
         let gone = self.sfu.take_departed_addrs();
+        for a in &gone {
+            self.via_turn.remove(a);
+        }
         if !gone.is_empty() {
             if let Ok(mut m) = self.router.addrs.write() {
                 for a in gone {
@@ -386,15 +451,7 @@ impl Shard {
 
     /// The shard that owns a datagram this shard's core did not claim.
     fn owner_of(&self, source: SocketAddr, contents: &[u8]) -> Option<usize> {
-        if let Some(s) = self.router.addrs.read().ok()?.get(&source) {
-            return Some(*s);
-        }
-        let ufrag = crate::sfu::stun_local_ufrag(contents)?;
-        let owner = *self.router.ufrags.read().ok()?.get(ufrag)?;
-        if let Ok(mut m) = self.router.addrs.write() {
-            m.insert(source, owner);
-        }
-        Some(owner)
+        self.router.owner(source, contents)
     }
 }
 
@@ -464,6 +521,16 @@ async fn run_shard(
                             }
                         }
                     }
+                    Some(Command::FromTurn { source, destination, contents, back }) => {
+                        let _ = destination;
+                        if shard.via_turn.len() < MAX_TCP_CONNS * 4 {
+                            shard.via_turn.insert(source, back);
+                        }
+                        if !shard.sfu.handle_receive(now, Protocol::Udp, source, local, &contents) {
+                            shard.via_turn.remove(&source);
+                            shard.counters.unknown_source += 1;
+                        }
+                    }
                     Some(Command::TcpConn { stream, peer, local, first }) => {
                         shard.adopt_tcp(stream, peer, local, &first, &peers, now);
                     }
@@ -494,6 +561,14 @@ async fn run_shard(
                 continue;
             }
             if t.proto != Protocol::Udp {
+                continue;
+            }
+            if let Some(back) = shard.via_turn.get(&t.destination) {
+                let _ = back.tx.send(super::worker::Control::FromSfu {
+                    relay: back.relay,
+                    from: t.source,
+                    data: t.contents.into(),
+                });
                 continue;
             }
             if let Err(e) = sock.try_send_to(&t.contents, t.destination) {

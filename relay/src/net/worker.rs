@@ -51,11 +51,32 @@ pub struct RelayBinding {
     pub port_max: u16,
 }
 
-/// Messages from the node to a worker.
+/// Messages from the node (and the SFU) to a worker.
 #[derive(Debug)]
 pub enum Control {
     Drain,
     Stop,
+    /// A datagram the in-process SFU sends to one of this worker's relay addresses, as if it
+    /// had arrived on the relay socket from `from`.
+    FromSfu {
+        relay: RelayId,
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
+}
+
+/// The in-process SFU as a TURN worker sees it: datagrams a client relays to one of `addrs`
+/// are handed to the SFU directly, with no loopback socket hop.
+#[derive(Clone)]
+pub struct SfuLink {
+    pub handle: super::SfuHandle,
+    /// The SFU's UDP addresses (bound and advertised).
+    pub addrs: Vec<SocketAddr>,
+    /// IPs permitted only because the SFU lives there (the node's own or loopback): other
+    /// ports on them stay refused.
+    pub guarded: Vec<IpAddr>,
+    /// This worker's control channel, for the SFU's replies.
+    pub me: mpsc::UnboundedSender<Control>,
 }
 
 /// What a worker is started with.
@@ -70,6 +91,7 @@ pub struct WorkerSetup {
     /// How long a TCP/TLS connection may hold no allocation before it is closed.
     pub unallocated_timeout: Duration,
     pub control: mpsc::UnboundedReceiver<Control>,
+    pub sfu: Option<SfuLink>,
 }
 
 struct UdpListener {
@@ -90,6 +112,9 @@ pub(super) struct Worker {
     pub(super) unallocated_timeout: Duration,
     peer_batch: RefCell<RecvBatch>,
     pub(super) metrics: RefCell<WorkerMetrics>,
+    sfu: Option<SfuLink>,
+    /// Advertised address of each relay socket (the source the SFU sees).
+    relay_addrs: RefCell<FxHashMap<RelayId, SocketAddr>>,
 }
 
 /// Starts a worker thread.
@@ -125,6 +150,7 @@ async fn run(setup: WorkerSetup) -> std::io::Result<()> {
         relay,
         unallocated_timeout,
         mut control,
+        sfu,
     } = setup;
     let poller = Poller::new()?;
     let mut listeners = Vec::new();
@@ -151,6 +177,8 @@ async fn run(setup: WorkerSetup) -> std::io::Result<()> {
         unallocated_timeout,
         peer_batch: RefCell::new(RecvBatch::default()),
         metrics: RefCell::new(WorkerMetrics::new(id)),
+        sfu,
+        relay_addrs: RefCell::new(FxHashMap::default()),
     });
     tokio::task::spawn_local(dispatch_loop(w.clone()));
     for l in tcp {
@@ -164,6 +192,7 @@ async fn run(setup: WorkerSetup) -> std::io::Result<()> {
         match c {
             Control::Drain => w.core.borrow_mut().set_draining(true),
             Control::Stop => break,
+            Control::FromSfu { relay, from, data } => w.relay_from_sfu(relay, from, &data),
         }
     }
     // Dropping the LocalSet ends every task and closes every socket of this worker.
@@ -342,12 +371,56 @@ impl Worker {
 
     #[inline]
     pub(super) fn send_to_peer(&self, to: ToPeer<'_>) {
+        if let Some(link) = &self.sfu {
+            if link.addrs.contains(&to.peer) {
+                // The in-process hand-off: the SFU sees the relay address as the source.
+                if let Some(src) = self.relay_addrs.borrow().get(&to.relay) {
+                    let back = super::sfu::TurnBack {
+                        tx: link.me.clone(),
+                        relay: to.relay,
+                    };
+                    if link
+                        .handle
+                        .handoff(*src, to.peer, to.payload.to_vec(), back)
+                    {
+                        ::metrics::counter!("meridian_sfu_turn_handoff_total", "direction" => "to_sfu").increment(1);
+                    }
+                }
+                return;
+            }
+            if link.guarded.contains(&to.peer.ip()) {
+                // Permitted for the SFU's port only.
+                self.metrics.borrow_mut().send_dropped(Transport::Udp);
+                return;
+            }
+        }
         let relays = self.relays.borrow();
         let Some(sock) = relays.get(&to.relay) else {
             return;
         };
         if sock.send_to(to.payload, to.peer).is_err() {
             self.metrics.borrow_mut().send_dropped(Transport::Udp);
+        }
+    }
+
+    /// A datagram from the in-process SFU to a relay address: framed for the client by the
+    /// core exactly as one read from the relay socket.
+    fn relay_from_sfu(&self, relay: RelayId, from: SocketAddr, data: &[u8]) {
+        use crate::turn::{HEADROOM, TAILROOM};
+        let mut buf = vec![0u8; HEADROOM + data.len() + TAILROOM];
+        buf[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
+        let out = self.core.borrow_mut().handle_peer_packet(
+            relay,
+            from,
+            &mut buf,
+            HEADROOM..HEADROOM + data.len(),
+            Instant::now(),
+        );
+        if let Some(out) = out {
+            ::metrics::counter!("meridian_sfu_turn_handoff_total", "direction" => "to_client")
+                .increment(1);
+            self.send_to_client(out.client, &buf[out.range]);
+            self.flush_udp();
         }
     }
 
@@ -394,6 +467,7 @@ impl Worker {
                     self.core.borrow_mut().relay_bound(relay, bound, now);
                 }
                 Command::CloseRelay { relay } => {
+                    self.relay_addrs.borrow_mut().remove(&relay);
                     if let Some(sock) = self.relays.borrow_mut().remove(&relay) {
                         self.poller.get_ref().delete(sock.as_raw_fd());
                     }
@@ -420,7 +494,9 @@ impl Worker {
             return None;
         }
         self.relays.borrow_mut().insert(relay, sock);
-        Some(SocketAddr::new(advertised, port))
+        let addr = SocketAddr::new(advertised, port);
+        self.relay_addrs.borrow_mut().insert(relay, addr);
+        Some(addr)
     }
 }
 

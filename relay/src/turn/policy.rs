@@ -65,6 +65,10 @@ pub struct PeerPolicy {
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
     own: HashSet<IpAddr>,
+    /// IPs of the node's own services that clients may relay to (the SFU), even when they are
+    /// the node's own or loopback. Permissions are per IP; the driver keeps relayed datagrams
+    /// to the service's port.
+    services: HashSet<IpAddr>,
 }
 
 impl PeerPolicy {
@@ -73,7 +77,14 @@ impl PeerPolicy {
             allow,
             deny,
             own: own.into_iter().map(canonical).collect(),
+            services: HashSet::new(),
         }
+    }
+
+    /// Also permits the IPs of the node's own services (see the `services` field).
+    pub fn with_services(mut self, ips: impl IntoIterator<Item = IpAddr>) -> Self {
+        self.services = ips.into_iter().map(canonical).collect();
+        self
     }
 
     /// `Ok(())` if relaying to `ip` is permitted.
@@ -82,7 +93,7 @@ impl PeerPolicy {
         if self.deny.iter().any(|n| n.contains(&ip)) {
             return Err(Refusal::DenyList);
         }
-        if self.allow.iter().any(|n| n.contains(&ip)) {
+        if self.allow.iter().any(|n| n.contains(&ip)) || self.services.contains(&ip) {
             return Ok(());
         }
         if self.own.contains(&ip) {
