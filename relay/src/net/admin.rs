@@ -24,6 +24,14 @@ pub fn router(prometheus: PrometheusHandle, ready: Arc<AtomicBool>) -> Router {
 }
 
 async fn metrics(State(s): State<AdminState>) -> String {
+    // Refreshed on every scrape: gauges that are not updated expire (see the exporter's idle
+    // timeout in node.rs).
+    let ready = if s.ready.load(Ordering::Relaxed) {
+        1.0
+    } else {
+        0.0
+    };
+    ::metrics::gauge!("meridian_ready").set(ready);
     s.prometheus.render()
 }
 

@@ -9,6 +9,7 @@ use crate::turn::Transport;
 
 /// Registers metric descriptions (once per process).
 pub fn describe() {
+    describe_sfu();
     metrics::describe_gauge!(
         "meridian_turn_allocations",
         "Active TURN allocations, per worker"
@@ -178,6 +179,9 @@ impl WorkerMetrics {
     }
 }
 
+/// Rooms named in per-room metrics, per shard.
+const MAX_ROOM_LABELS: usize = 32;
+
 /// Exports one SFU shard's counters and gauges (once a second, as deltas).
 #[derive(Default)]
 pub struct SfuExport {
@@ -256,8 +260,108 @@ impl SfuExport {
         gauge!("meridian_sfu_subscriptions", "shard" => shard_label.clone())
             .set(subscriptions as f64);
         gauge!("meridian_sfu_tracks", "shard" => shard_label).set(sfu.track_count() as f64);
+        // Bitrate per room: the busiest rooms by name, the rest summed under "_other", so the
+        // label set stays bounded however many rooms there are.
+        let mut rooms: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let mut stalled = 0u64;
+        for (room, _track, _kind, bps, is_stalled) in sfu.track_rates() {
+            *rooms.entry(room).or_default() += bps;
+            stalled += is_stalled as u64;
+        }
+        let mut by_rate: Vec<(String, u64)> = rooms.into_iter().collect();
+        by_rate.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let other: u64 = by_rate.iter().skip(MAX_ROOM_LABELS).map(|r| r.1).sum();
+        for (room, bps) in by_rate.into_iter().take(MAX_ROOM_LABELS) {
+            gauge!("meridian_sfu_room_bitrate_bps", "room" => room).set(bps as f64);
+        }
+        gauge!("meridian_sfu_room_bitrate_bps", "room" => "_other").set(other as f64);
+        gauge!("meridian_sfu_stalled_tracks", "shard" => shard.to_string()).set(stalled as f64);
         for d in sfu.take_first_media_latencies() {
             metrics::histogram!("meridian_sfu_join_to_first_media_seconds").record(d.as_secs_f64());
         }
     }
+}
+
+fn describe_sfu() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!("meridian_sfu_sessions", "WebRTC sessions, per SFU shard");
+    describe_gauge!(
+        "meridian_sfu_publishers",
+        "Sessions publishing at least one track, per SFU shard"
+    );
+    describe_gauge!(
+        "meridian_sfu_subscriptions",
+        "Forwarded track subscriptions, per SFU shard"
+    );
+    describe_gauge!("meridian_sfu_tracks", "Published tracks, per SFU shard");
+    describe_gauge!(
+        "meridian_sfu_stalled_tracks",
+        "Published tracks that carried no media for sfu.stall_after_secs (alert on > 0: a device stopped sending)"
+    );
+    describe_gauge!(
+        "meridian_sfu_room_bitrate_bps",
+        "Media bitrate published into a room (the busiest rooms by name, the rest as room=\"_other\")"
+    );
+    describe_counter!("meridian_sfu_joins_total", "Sessions that joined");
+    describe_counter!("meridian_sfu_leaves_total", "Sessions that ended");
+    describe_counter!(
+        "meridian_sfu_disconnects_total",
+        "Sessions the SFU ended (ICE timeout, WebRTC failure)"
+    );
+    describe_counter!(
+        "meridian_sfu_packets_total",
+        "SFU datagrams by direction (in, out)"
+    );
+    describe_counter!(
+        "meridian_sfu_bytes_total",
+        "SFU datagram bytes by direction"
+    );
+    describe_counter!(
+        "meridian_sfu_forwarded_rtp_total",
+        "RTP packets forwarded to subscribers"
+    );
+    describe_counter!(
+        "meridian_sfu_keyframe_requests_total",
+        "PLI/FIR from subscribers, and keyframe requests sent to publishers after aggregation"
+    );
+    describe_counter!(
+        "meridian_sfu_layer_switches_total",
+        "Simulcast layer switches"
+    );
+    describe_counter!(
+        "meridian_sfu_messages_total",
+        "Data-channel room messages by channel (controls, input)"
+    );
+    describe_counter!(
+        "meridian_sfu_message_errors_total",
+        "Data-channel messages refused (malformed, too large, forbidden)"
+    );
+    describe_counter!(
+        "meridian_sfu_dropped_total",
+        "SFU datagrams or packets dropped, by reason"
+    );
+    describe_counter!(
+        "meridian_sfu_misrouted_datagrams_total",
+        "Datagrams the kernel delivered to another shard's socket, passed to the owning shard"
+    );
+    describe_counter!(
+        "meridian_sfu_publisher_stalls_total",
+        "Times a published track stalled"
+    );
+    describe_counter!(
+        "meridian_sfu_turn_handoff_total",
+        "Datagrams between this node's TURN relays and its SFU handed over in process, by direction"
+    );
+    describe_histogram!(
+        "meridian_sfu_join_to_first_media_seconds",
+        "From a session's join to the first video packet the SFU sent it"
+    );
+    describe_histogram!(
+        "meridian_signaling_join_seconds",
+        "From a WebSocket join to the session's media being connected"
+    );
+    describe_counter!(
+        "meridian_signaling_errors_total",
+        "Signaling errors and refusals by code"
+    );
 }

@@ -109,6 +109,11 @@ impl Bound {
 /// Runs a node until it is told to stop (SIGTERM/SIGINT), then drains and returns.
 pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        // Per-room series disappear a while after the room does (bounded label sets).
+        .idle_timeout(
+            metrics_util::MetricKindMask::GAUGE,
+            Some(Duration::from_secs(30)),
+        )
         .install_recorder()
         .map_err(|e| NodeError::Metrics(e.to_string()))?;
     metrics::describe();
