@@ -264,4 +264,15 @@ case "$FUZZ_SMOKE" in
   *) ;;
 esac
 
+# ---------------------------------------------------------------- SFU browser test
+# The node's own pages and SDK (signaling/web, served at / and /device) in headless Chromium:
+# a device page publishes the fake camera, a direct player and a relay-only player (through
+# the node's TURN) watch it and send controls; see tests/browser/sfu.mjs.
+suite_browser_sfu() {
+  MERIDIAN_BIN=$(meridian_bin) timeout 300 node tests/browser/sfu.mjs
+}
+if [[ $BROWSER == 1 ]]; then
+  run_suite "SFU browser test vs meridian (chromium)" suite_browser_sfu
+fi
+
 summary_and_exit

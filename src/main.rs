@@ -94,6 +94,10 @@ enum Bench {
     /// TURN load: C clients allocate, bind a channel to an echo peer and relay ChannelData;
     /// reports rates, loss, RTT and the server's CPU per packet. See bench/README.md.
     Turn(Box<meridian_bench::turn::TurnArgs>),
+    /// SFU load: R rooms × P publishers × S subscribers (str0m WebRTC clients, synthetic VP8)
+    /// against a node it starts, beside a kernel-floor fan-out; reports delivered packets/s,
+    /// loss, forwarding latency, join-to-first-frame, CPU per forwarded packet and RSS.
+    Sfu(Box<meridian_bench::sfu::SfuArgs>),
 }
 
 fn main() -> ExitCode {
@@ -162,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(Bench::Turn(args)) => meridian_bench::turn::run(*args),
+        Command::Bench(Bench::Sfu(args)) => meridian_bench::sfu::run(*args),
         Command::Device(args) => meridian_bench::client::device::run(*args),
     }
 }

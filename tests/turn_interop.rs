@@ -214,9 +214,11 @@ struct EchoPeer {
 
 impl EchoPeer {
     async fn start() -> EchoPeer {
-        let sock = UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind echo peer");
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    async fn start_on(bind: &str) -> EchoPeer {
+        let sock = UdpSocket::bind(bind).await.expect("bind echo peer");
         let addr = sock.local_addr().unwrap();
         let sources = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&sources);
@@ -598,14 +600,16 @@ async fn rest_credentials_expired_or_forged_are_401() {
 async fn peer_not_allow_listed_is_403() {
     // Loopback peers are refused unless allow-listed; this node does not allow-list them.
     // (A loopback peer keeps this test's traffic on this machine even if the node wrongly
-    // permitted it.)
+    // permitted it.) The peer is on 127.0.0.2: 127.0.0.1 is where this node's SFU listens,
+    // and the SFU's IP is a permitted peer (tests/turn_sfu_handoff.rs checks that its other
+    // ports still receive nothing).
     let node = Node::start(&NodeOptions {
         allow_loopback_peers: false,
         ..NodeOptions::default()
     });
     let session = TurnSession::connect(node.turn_udp(), Transport::Udp, USER, PASSWORD).await;
     let relay = session.allocate().await.expect("allocate");
-    let echo = EchoPeer::start().await;
+    let echo = EchoPeer::start_on("127.0.0.2:0").await;
     let res = timeout(OP_TIMEOUT, relay.send_to(b"must not be relayed", echo.addr))
         .await
         .expect("send_to timed out");

@@ -32,7 +32,8 @@ fn start_node() -> V6Node {
         format!(
             "[admin]\nlisten = \"127.0.0.1:0\"\n\n[turn]\nrealm = \"{REALM}\"\nudp = [\"127.0.0.1:0\", \"[::1]:0\"]\ntcp = []\n\
              relay_ipv4 = \"127.0.0.1\"\nrelay_ipv6 = \"::1\"\n\n[auth]\nusers = [{{ username = \"{USER}\", password = \"{PASS}\" }}]\n\n\
-             [security]\nallow_peers = [\"127.0.0.0/8\", \"::1/128\"]\n\n[drain]\ndeadline_secs = 1\n"
+             [security]\nallow_peers = [\"127.0.0.0/8\", \"::1/128\"]\n\n[drain]\ndeadline_secs = 1\n\n\
+             [signaling]\nlisten = \"127.0.0.1:0\"\n\n[sfu]\nudp = \"127.0.0.1:0\"\ntcp = []\n"
         ),
     )
     .unwrap();

@@ -2,8 +2,11 @@
 //!
 //! - [`turn`]: `meridian bench turn`, a TURN load generator with a comparison mode against
 //!   coturn and an in-bench kernel-floor forwarder.
+//! - [`sfu`]: `meridian bench sfu`, rooms of real WebRTC publishers and subscribers against
+//!   a node, beside a kernel-floor fan-out.
 //! - [`client`]: WebRTC clients (signaling, a test-pattern H.264 source) and the
 //!   `meridian device` simulator.
 
 pub mod client;
+pub mod sfu;
 pub mod turn;

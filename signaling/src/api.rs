@@ -41,6 +41,8 @@ pub struct Signaling {
     pub(crate) ice: IceServers,
     /// False while the node drains: new joins are refused.
     pub(crate) ready: Arc<AtomicBool>,
+    /// WHIP/WHEP sessions.
+    pub(crate) resources: crate::whip::Resources,
 }
 
 impl Signaling {
@@ -64,6 +66,7 @@ impl Signaling {
             cfg: config.signaling.clone(),
             ice: IceServers::from_config(config),
             ready,
+            resources: Default::default(),
         })
     }
 
@@ -85,6 +88,8 @@ pub fn router(state: Arc<Signaling>) -> Router {
         .route("/v1/rooms", get(rooms))
         .route("/v1/ws", get(ws))
         .route("/v1/dev-token", get(dev_token))
+        .merge(crate::whip::routes())
+        .merge(crate::pages::routes())
         .with_state(state)
 }
 

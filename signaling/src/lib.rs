@@ -6,11 +6,14 @@
 //! - [`protocol`]: the versioned JSON protocol on `/v1/ws` (docs/signaling.md).
 //! - `api` / `ws`: the HTTP routes and the per-connection session.
 //! - `ice`: `iceServers` for the node's own TURN, with per-session credentials.
+//! - `whip`: WHIP (RFC 9725) publishing and WHEP playback over plain HTTP.
 
 mod api;
 mod ice;
+mod pages;
 pub mod protocol;
 pub mod token;
+mod whip;
 mod ws;
 
 use std::net::SocketAddr;

@@ -165,6 +165,7 @@ pub async fn session(
         "participant": session.id.to_string(), "identity": claims.sub, "role": role.as_str(),
         "room": claims.room, "expires": claims.exp,
         "ice_servers": st.ice.for_session(&claims.sub, now, claims.exp, host.as_deref()),
+        "last_seq": session.last_seq,
         "participants": session.participants.iter().map(protocol::participant_json).collect::<Vec<_>>(),
         "tracks": session.tracks.iter().map(protocol::track_json).collect::<Vec<_>>(),
     });
@@ -191,7 +192,12 @@ pub async fn session(
                     Some(Ok(Message::Text(t))) => Ok(t),
                     Some(Ok(Message::Binary(_))) => Err(()),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(Message::Close(_))) => {
+                        // Complete the closing handshake (the reply is queued by the library).
+                        let _ = futures_util::SinkExt::flush(&mut socket).await;
+                        break;
+                    }
+                    None => break,
                     Some(Err(e)) => {
                         // Over the hard size cap, or a broken frame: nothing more can be read.
                         tracing::debug!(%peer, "websocket error: {e}");

@@ -138,6 +138,9 @@ async function startMeridian(dir, tls) {
     '[auth]', `users = [{ username = "${USER}", password = "${PASSWORD}" }]`, '',
     '[security]', 'allow_peers = ["127.0.0.0/8", "::1/128"]', '',
     '[drain]', 'deadline_secs = 1', '',
+    // The signaling API and the SFU also listen; ephemeral ports keep runs independent.
+    '[signaling]', 'listen = "127.0.0.1:0"', '',
+    '[sfu]', 'udp = "127.0.0.1:0"', 'tcp = []', '',
   );
   const config = path.join(dir, 'meridian.toml');
   fs.writeFileSync(config, lines.join('\n'));

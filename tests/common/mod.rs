@@ -740,3 +740,345 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+// ---- Signaling (WebSocket) and media-test helpers (tests/signaling_ws.rs, tests/sfu_interop.rs) ----
+
+/// An access token for the test API key, valid for `ttl_secs` from now.
+pub fn mint_token(
+    identity: &str,
+    room: &str,
+    role: meridian_signaling::token::Role,
+    ttl_secs: u64,
+) -> String {
+    meridian_signaling::token::TokenIssuer::new(API_KEY, API_SECRET.as_bytes())
+        .expect("test API key")
+        .mint(identity, room, role, unix_now(), ttl_secs)
+        .expect("mint token")
+}
+
+/// What a [`WsClient`] received.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WsEvent {
+    Text(String),
+    Binary(Vec<u8>),
+    /// A close frame: its code and reason (`None` for a close frame without a code).
+    Close(Option<(u16, String)>),
+    /// The connection is gone (after a close, or an error: the text says which).
+    Ended(String),
+}
+
+/// A WebSocket client usable from async tests without a futures crate: a thread owns a
+/// blocking tungstenite socket (short read timeouts) and talks to the test over channels.
+/// Dropping it ends the thread (which closes the socket).
+pub struct WsClient {
+    out: std::sync::mpsc::Sender<tokio_tungstenite::tungstenite::Message>,
+    inbox: tokio::sync::mpsc::UnboundedReceiver<WsEvent>,
+    /// Text frames read past while waiting for something else, oldest first.
+    pub stash: std::collections::VecDeque<serde_json::Value>,
+    next_req: u64,
+}
+
+impl WsClient {
+    /// Connects to `ws://{addr}{path}`.
+    pub fn connect(addr: SocketAddr, path: &str) -> Result<WsClient, String> {
+        use tokio_tungstenite::tungstenite::{self, Message};
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        tcp.set_write_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let (mut ws, _resp) = tungstenite::client::client(format!("ws://{addr}{path}"), tcp)
+            .map_err(|e| format!("WebSocket handshake with {addr}{path}: {e}"))?;
+        ws.get_mut()
+            .set_read_timeout(Some(Duration::from_millis(5)))
+            .map_err(|e| e.to_string())?;
+        let (out, out_rx) = std::sync::mpsc::channel::<Message>();
+        let (in_tx, inbox) = tokio::sync::mpsc::unbounded_channel();
+        // A send that fails (the server closed while we were still sending) ends sending
+        // only: frames already received, such as the server's close frame, are still read
+        // and delivered before `Ended`.
+        std::thread::spawn(move || {
+            let mut send_failed: Option<String> = None;
+            let mut idle_reads_after_failure = 0u32;
+            loop {
+                loop {
+                    match out_rx.try_recv() {
+                        Ok(m) => {
+                            if send_failed.is_none() {
+                                if let Err(e) = ws.send(m) {
+                                    send_failed = Some(e.to_string());
+                                }
+                            }
+                        }
+                        Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                            let _ = ws.close(None);
+                            let _ = ws.flush();
+                            return;
+                        }
+                    }
+                }
+                let ev = match ws.read() {
+                    Ok(Message::Text(t)) => WsEvent::Text(t.to_string()),
+                    Ok(Message::Binary(b)) => WsEvent::Binary(b.to_vec()),
+                    Ok(Message::Close(f)) => {
+                        WsEvent::Close(f.map(|f| (u16::from(f.code), f.reason.to_string())))
+                    }
+                    Ok(_) => continue,
+                    Err(tungstenite::Error::Io(e))
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        if send_failed.is_some() {
+                            idle_reads_after_failure += 1;
+                            if idle_reads_after_failure > 200 {
+                                let why = send_failed.take().unwrap_or_default();
+                                let _ = in_tx.send(WsEvent::Ended(format!("send: {why}")));
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        let why = match &send_failed {
+                            Some(s) => format!("{e} (after a failed send: {s})"),
+                            None => e.to_string(),
+                        };
+                        let _ = in_tx.send(WsEvent::Ended(why));
+                        return;
+                    }
+                };
+                if in_tx.send(ev).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(WsClient {
+            out,
+            inbox,
+            stash: std::collections::VecDeque::new(),
+            next_req: 100,
+        })
+    }
+
+    /// Connects to the signaling endpoint `/v1/ws` of `http`.
+    pub fn signaling(http: SocketAddr) -> WsClient {
+        WsClient::connect(http, "/v1/ws").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Connects and joins with `token`; panics unless the reply is `joined`.
+    pub async fn join(http: SocketAddr, token: &str) -> (WsClient, serde_json::Value) {
+        let mut c = WsClient::signaling(http);
+        c.send_json(&serde_json::json!({"type": "join", "token": token, "v": 1, "req": 1}));
+        let joined = c.next_json(Duration::from_secs(10)).await;
+        assert_eq!(joined["type"], "joined", "join refused: {joined}");
+        assert_eq!(joined["req"], 1, "{joined}");
+        (c, joined)
+    }
+
+    pub fn send(&self, m: tokio_tungstenite::tungstenite::Message) {
+        self.out.send(m).expect("WebSocket thread is gone");
+    }
+
+    pub fn send_text(&self, text: &str) {
+        self.send(tokio_tungstenite::tungstenite::Message::text(text))
+    }
+
+    pub fn send_json(&self, v: &serde_json::Value) {
+        self.send_text(&v.to_string())
+    }
+
+    /// The next thing received, bounded by `within`.
+    pub async fn next_event(&mut self, within: Duration) -> WsEvent {
+        match tokio::time::timeout(within, self.inbox.recv()).await {
+            Ok(Some(ev)) => ev,
+            Ok(None) => WsEvent::Ended("WebSocket thread ended".into()),
+            Err(_) => panic!("nothing received on the WebSocket within {within:?}"),
+        }
+    }
+
+    /// The next text frame as JSON (stashed frames first); panics on anything else.
+    pub async fn next_json(&mut self, within: Duration) -> serde_json::Value {
+        if let Some(v) = self.stash.pop_front() {
+            return v;
+        }
+        match self.next_event(within).await {
+            WsEvent::Text(t) => serde_json::from_str(&t)
+                .unwrap_or_else(|e| panic!("server sent invalid JSON ({e}): {t}")),
+            other => panic!("expected a JSON text frame, got {other:?}"),
+        }
+    }
+
+    /// Waits (bounded) for the first message `pred` accepts, stashing the others in order.
+    pub async fn wait_for_json(
+        &mut self,
+        within: Duration,
+        what: &str,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        if let Some(i) = self.stash.iter().position(&mut pred) {
+            return self.stash.remove(i).expect("index in range");
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let ev = match tokio::time::timeout(left, self.inbox.recv()).await {
+                Ok(Some(ev)) => ev,
+                Ok(None) => panic!("WebSocket thread ended while waiting for {what}"),
+                Err(_) => panic!(
+                    "timed out after {within:?} waiting for {what}; received meanwhile: {:?}",
+                    self.stash
+                ),
+            };
+            match ev {
+                WsEvent::Text(t) => {
+                    let v: serde_json::Value = serde_json::from_str(&t)
+                        .unwrap_or_else(|e| panic!("server sent invalid JSON ({e}): {t}"));
+                    if pred(&v) {
+                        return v;
+                    }
+                    self.stash.push_back(v);
+                }
+                other => panic!(
+                    "waiting for {what}, got {other:?}; received before: {:?}",
+                    self.stash
+                ),
+            }
+        }
+    }
+
+    /// Waits for a server event of type `typ`.
+    pub async fn wait_for_type(&mut self, typ: &str, within: Duration) -> serde_json::Value {
+        self.wait_for_json(within, typ, |v| v["type"] == typ).await
+    }
+
+    /// Sends `msg` with a fresh `req` id and returns the reply carrying that id.
+    pub async fn request(&mut self, mut msg: serde_json::Value) -> serde_json::Value {
+        self.next_req += 1;
+        let req = self.next_req;
+        msg["req"] = req.into();
+        self.send_json(&msg);
+        let what = format!("the reply to {msg}");
+        self.wait_for_json(Duration::from_secs(10), &what, |v| v["req"] == req)
+            .await
+    }
+
+    /// Waits for the server to close the connection; returns the close frame's code and
+    /// reason. Text frames before it are stashed.
+    pub async fn expect_close(&mut self, within: Duration) -> Option<(u16, String)> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.inbox.recv()).await {
+                Ok(Some(WsEvent::Close(f))) => return f,
+                Ok(Some(WsEvent::Text(t))) => self.stash.push_back(
+                    serde_json::from_str(&t)
+                        .unwrap_or_else(|e| panic!("server sent invalid JSON ({e}): {t}")),
+                ),
+                Ok(Some(WsEvent::Binary(b))) => panic!("unexpected binary frame {b:?}"),
+                Ok(Some(WsEvent::Ended(why))) => {
+                    panic!("connection ended without a close frame: {why}")
+                }
+                Ok(None) => panic!("WebSocket thread ended without a close frame"),
+                Err(_) => panic!(
+                    "no close within {within:?}; received meanwhile: {:?}",
+                    self.stash
+                ),
+            }
+        }
+    }
+}
+
+/// [`http_get`] off the async runtime's threads.
+pub async fn http_get_async(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || http_get(addr, &path))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+/// A webrtc-rs API that touches nothing but loopback: UDP over IPv4 from 127.0.0.1 only, no
+/// mDNS, no STUN servers (the caller's `RTCConfiguration` has none), the default codecs and
+/// interceptors (NACK, RTCP reports, TWCC).
+pub fn webrtc_api() -> webrtc::api::API {
+    use webrtc::api::interceptor_registry::register_default_interceptors;
+    use webrtc::api::media_engine::MediaEngine;
+    use webrtc::api::setting_engine::SettingEngine;
+    use webrtc::api::APIBuilder;
+    use webrtc::ice::mdns::MulticastDnsMode;
+    use webrtc::ice::network_type::NetworkType;
+    use webrtc::interceptor::registry::Registry;
+
+    // webrtc-rs's DTLS uses rustls, which finds both ring and aws-lc-rs in this build and so
+    // needs a process-wide provider; the node uses aws-lc-rs too. (Err: already installed.)
+    let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut media = MediaEngine::default();
+    media
+        .register_default_codecs()
+        .expect("register default codecs");
+    let registry =
+        register_default_interceptors(Registry::new(), &mut media).expect("default interceptors");
+    let mut settings = SettingEngine::default();
+    settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+    settings.set_network_types(vec![NetworkType::Udp4]);
+    settings.set_include_loopback_candidate(true);
+    settings.set_ip_filter(Box::new(|ip| {
+        ip == std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+    }));
+    APIBuilder::new()
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(settings)
+        .build()
+}
+
+/// A new webrtc-rs peer connection on [`webrtc_api`], without ICE servers.
+pub async fn new_peer_connection() -> std::sync::Arc<webrtc::peer_connection::RTCPeerConnection> {
+    let pc = webrtc_api()
+        .new_peer_connection(webrtc::peer_connection::configuration::RTCConfiguration::default())
+        .await
+        .expect("new peer connection");
+    std::sync::Arc::new(pc)
+}
+
+/// Creates an offer on `pc`, sets it locally and waits (bounded) for ICE gathering so the
+/// offer carries the host candidate; returns the SDP to send.
+pub async fn local_offer(pc: &webrtc::peer_connection::RTCPeerConnection) -> String {
+    let offer = pc.create_offer(None).await.expect("create offer");
+    let mut gathered = pc.gathering_complete_promise().await;
+    pc.set_local_description(offer)
+        .await
+        .expect("set local offer");
+    tokio::time::timeout(Duration::from_secs(10), gathered.recv())
+        .await
+        .expect("ICE gathering did not complete within 10 s");
+    pc.local_description()
+        .await
+        .expect("local description after gathering")
+        .sdp
+}
+
+/// Sends `offer_sdp` over signaling and applies the node's answer to `pc`.
+pub async fn apply_answer(
+    sig: &mut WsClient,
+    pc: &webrtc::peer_connection::RTCPeerConnection,
+    offer_sdp: String,
+) -> String {
+    let reply = sig
+        .request(serde_json::json!({"type": "offer", "sdp": offer_sdp}))
+        .await;
+    assert_eq!(reply["type"], "answer", "offer refused: {reply}");
+    let sdp = reply["sdp"].as_str().expect("answer sdp").to_string();
+    let answer = webrtc::peer_connection::sdp::session_description::RTCSessionDescription::answer(
+        sdp.clone(),
+    )
+    .expect("answer description");
+    pc.set_remote_description(answer)
+        .await
+        .unwrap_or_else(|e| panic!("set remote answer: {e}\n{sdp}"));
+    sdp
+}

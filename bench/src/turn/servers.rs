@@ -250,6 +250,13 @@ unauthenticated_burst = 1000000
 
 [security]
 allow_peers = ["127.0.0.0/8"]
+
+[signaling]
+listen = "127.0.0.1:0"
+
+[sfu]
+udp = "127.0.0.1:0"
+tcp = []
 "#,
         min = relay_ports.0,
         max = relay_ports.1,

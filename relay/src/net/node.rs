@@ -283,6 +283,7 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
     let ready = Arc::new(AtomicBool::new(false));
     let attach = opts.attach.take();
     let result = rt.block_on(async {
+        let signals = stop_signals()?;
         let admin_listener = tokio::net::TcpListener::bind(config.admin.listen).await.map_err(|source| NodeError::Listen { transport: "admin HTTP", addr: config.admin.listen, source })?;
         let admin_addr = admin_listener.local_addr()?;
         let app = admin::router(prometheus.clone(), ready.clone());
@@ -310,7 +311,7 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
         ready.store(true, Ordering::Relaxed);
         ::metrics::gauge!("meridian_ready").set(1.0);
         tracing::info!(workers, udp = ?bound.udp, tcp = ?bound.tcp, tls = ?bound.tls, admin = %bound.admin, sfu = %bound.sfu_udp, services = ?bound.services, "meridian node ready");
-        wait_for_stop(&tls).await;
+        wait_for_stop(signals, &tls).await;
         ready.store(false, Ordering::Relaxed);
         ::metrics::gauge!("meridian_ready").set(0.0);
         for c in &controls {
@@ -332,16 +333,29 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
 }
 
 /// Waits for SIGTERM or SIGINT; reloads the TLS certificate on SIGHUP meanwhile.
-async fn wait_for_stop(tls: &Option<ReloadableTls>) {
+/// SIGTERM, SIGINT and SIGHUP, caught from before the node reports ready (a signal sent as
+/// soon as the ready file appears must drain, not kill).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+fn stop_signals() -> std::io::Result<StopSignals> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stopping");
-        return;
-    };
+    Ok(StopSignals {
+        term: signal(SignalKind::terminate())?,
+        int: signal(SignalKind::interrupt())?,
+        hup: signal(SignalKind::hangup())?,
+    })
+}
+
+async fn wait_for_stop(signals: StopSignals, tls: &Option<ReloadableTls>) {
+    let StopSignals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); return; }

@@ -148,6 +148,8 @@ pub struct Session {
     /// Everyone else in the room at join time, and their tracks.
     pub participants: Vec<ParticipantInfo>,
     pub tracks: Vec<TrackInfo>,
+    /// The room's last message sequence number at join time (0: none yet).
+    pub last_seq: u64,
     /// Events for this session.
     pub notices: mpsc::UnboundedReceiver<Notice>,
 }
@@ -268,7 +270,7 @@ impl SfuHandle {
         let shard = self.shard_for(room).clone();
         let (room, identity) = (room.to_string(), identity.to_string());
         let (ntx, nrx) = mpsc::unbounded_channel();
-        let (id, participants, tracks) = call(&shard, move |s, now| {
+        let (id, participants, tracks, last_seq) = call(&shard, move |s, now| {
             let id = s.sfu.join(
                 JoinRequest {
                     room: &room,
@@ -286,8 +288,9 @@ impl SfuHandle {
                 s.ufrags.insert(id, u);
             }
             let (p, t) = s.sfu.snapshot(id);
+            let last_seq = s.sfu.room_last_seq(id);
             s.flush_notices();
-            (id, p, t)
+            (id, p, t, last_seq)
         })
         .await?;
         Ok(Session {
@@ -295,6 +298,7 @@ impl SfuHandle {
             shard,
             participants,
             tracks,
+            last_seq,
             notices: nrx,
         })
     }

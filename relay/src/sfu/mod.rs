@@ -494,6 +494,14 @@ impl Sfu {
         (people, tracks)
     }
 
+    /// The last message sequence number of the session's room (0 before any message).
+    pub fn room_last_seq(&self, id: ParticipantId) -> u64 {
+        self.participants
+            .get(&id)
+            .and_then(|p| self.rooms.get(&p.room))
+            .map_or(0, |r| r.log.last_seq())
+    }
+
     /// Applies the client's SDP offer and returns our answer.
     pub fn offer(
         &mut self,
@@ -1184,7 +1192,11 @@ impl Sfu {
             .and_then(|p| p.subs.get(&mid))
             .map(|s| s.target);
         if let Some(layer) = layer {
-            self.request_keyframe(&track, layer, now);
+            if let Some(t) = self.tracks.get_mut(&track) {
+                let due = t.keyframes.request_for_join(layer, now);
+                let (owner, tmid) = (t.owner, t.mid);
+                self.send_keyframe_requests(owner, tmid, due, now);
+            }
         }
     }
 
@@ -1633,12 +1645,35 @@ impl Sfu {
     }
 
     fn housekeeping(&mut self, now: Instant) {
+        // A subscriber still waiting for a keyframe (joined, unmuted, switching layers) asks
+        // again: a lost PLI or keyframe must not leave it black. The gate below keeps this to
+        // one request per track per interval.
+        let waiting: Vec<(Arc<str>, Option<Rid>)> = self
+            .participants
+            .values()
+            .flat_map(|p| p.subs.values())
+            .filter(|s| s.current != Some(s.target))
+            .map(|s| (s.track.clone(), s.target))
+            .collect();
+        for (track, layer) in waiting {
+            let muted = self.tracks.get(&track).is_none_or(|t| t.muted);
+            if !muted {
+                if let Some(t) = self.tracks.get_mut(&track) {
+                    t.keyframes.hold(layer);
+                }
+            }
+        }
         // Held-back keyframe requests that are now due.
         let due: Vec<(ParticipantId, Mid, Vec<Option<Rid>>)> = self
             .tracks
             .values_mut()
             .filter_map(|t| {
-                let layers = t.keyframes.release(now, self.cfg.keyframe_interval);
+                let mut layers = t.keyframes.release(now, self.cfg.keyframe_interval);
+                for l in t.keyframes.release_joins(now) {
+                    if !layers.contains(&l) {
+                        layers.push(l);
+                    }
+                }
                 (!layers.is_empty()).then_some((t.owner, t.mid, layers))
             })
             .collect();

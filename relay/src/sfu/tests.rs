@@ -839,3 +839,37 @@ fn a_new_track_is_not_stalled_before_stall_after() {
     assert_eq!(stalls(&net), 0, "no media for 4 s < stall_after (5 s)");
     assert!(net.run_until(Duration::from_secs(3), |n| stalls(n) == 1));
 }
+
+#[test]
+fn a_waiting_subscriber_keeps_asking_for_a_keyframe() {
+    let mut net = Net::new();
+    let (d, mid, track) = device(&mut net);
+    let (p, _) = player(&mut net, "alice", &track);
+    // The device ignores every request and sends only delta frames for 3.5 s.
+    for seq in 1..=70 {
+        net.send_vp8(d, mid, seq, false);
+        net.tick(Duration::from_millis(50));
+    }
+    assert!(net.received_payloads(p).is_empty());
+    let asked = net.keyframe_requests_seen(d);
+    assert!(
+        (3..=5).contains(&asked),
+        "asked {asked} times in ~3.5 s (once per second)"
+    );
+    // Once a keyframe comes, media flows and the asking stops.
+    net.send_vp8(d, mid, 71, true);
+    assert!(net.run_until(Duration::from_secs(1), |n| !n
+        .received_payloads(p)
+        .is_empty()));
+    // A request already held or in flight at that moment may still arrive; after it, none.
+    for seq in 72..=80 {
+        net.send_vp8(d, mid, seq, false);
+        net.tick(Duration::from_millis(150));
+    }
+    net.clients[d].events.clear();
+    for seq in 81..=130 {
+        net.send_vp8(d, mid, seq, false);
+        net.tick(Duration::from_millis(50));
+    }
+    assert_eq!(net.keyframe_requests_seen(d), 0);
+}

@@ -155,7 +155,14 @@ impl Track {
 pub struct KeyframeGate {
     last_sent: Option<Instant>,
     pending: Vec<Option<Rid>>,
+    /// Requests made because a subscriber joined: outside the per-interval budget (a joiner
+    /// should not wait up to a second for its first frame), coalesced over [`JOIN_COALESCE`].
+    last_join: Option<Instant>,
+    pending_join: Vec<Option<Rid>>,
 }
+
+/// Joins within this window share one keyframe request.
+pub const JOIN_COALESCE: Duration = Duration::from_millis(150);
 
 impl KeyframeGate {
     /// Records a request for `layer`; returns the layers to request now (empty when the gate
@@ -170,6 +177,38 @@ impl KeyframeGate {
             self.pending.push(layer);
         }
         self.release(now, interval)
+    }
+
+    /// A request because a subscriber joined: sent at once unless another join asked less
+    /// than [`JOIN_COALESCE`] ago (then it goes with the next release).
+    pub fn request_for_join(&mut self, layer: Option<Rid>, now: Instant) -> Vec<Option<Rid>> {
+        if !self.pending_join.contains(&layer) {
+            self.pending_join.push(layer);
+        }
+        self.release_joins(now)
+    }
+
+    /// Join requests whose coalescing window has passed.
+    pub fn release_joins(&mut self, now: Instant) -> Vec<Option<Rid>> {
+        if self.pending_join.is_empty() {
+            return Vec::new();
+        }
+        if self
+            .last_join
+            .is_some_and(|t| now.saturating_duration_since(t) < JOIN_COALESCE)
+        {
+            return Vec::new();
+        }
+        self.last_join = Some(now);
+        std::mem::take(&mut self.pending_join)
+    }
+
+    /// Records a request without sending anything now; [`KeyframeGate::release`] sends it
+    /// once the interval allows.
+    pub fn hold(&mut self, layer: Option<Rid>) {
+        if !self.pending.contains(&layer) {
+            self.pending.push(layer);
+        }
     }
 
     /// The held-back requests, once the interval has passed.
@@ -209,6 +248,25 @@ mod tests {
         assert_eq!(g.release(start + second, second), vec![None]);
         // Nothing pending any more.
         assert!(g.release(start + 3 * second, second).is_empty());
+    }
+
+    #[test]
+    fn joins_get_keyframes_outside_the_interval_but_coalesced() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut g = KeyframeGate::default();
+        // A PLI just used the per-second budget...
+        assert_eq!(g.request(None, start, second), vec![None]);
+        // ...a joiner still gets its keyframe at once.
+        let t = start + Duration::from_millis(10);
+        assert_eq!(g.request_for_join(None, t), vec![None]);
+        // 100 more joiners within 150 ms share one more request.
+        for i in 1..=100 {
+            let at = t + Duration::from_millis(i);
+            assert!(g.request_for_join(None, at).is_empty());
+        }
+        assert_eq!(g.release_joins(t + JOIN_COALESCE), vec![None]);
+        assert!(g.release_joins(t + 4 * JOIN_COALESCE).is_empty());
     }
 
     #[test]
