@@ -873,3 +873,130 @@ fn a_waiting_subscriber_keeps_asking_for_a_keyframe() {
     }
     assert_eq!(net.keyframe_requests_seen(d), 0);
 }
+
+#[test]
+fn simulcast_layer_follows_preference_switching_at_a_keyframe() {
+    use str0m::media::{Rid, Simulcast, SimulcastLayer};
+    let mut net = Net::new();
+    let (d, mids) = net.join(Role::Device, "rig-sc", |api| {
+        let mut sc = Simulcast::new();
+        sc.add_send_layer(SimulcastLayer::new("h"));
+        sc.add_send_layer(SimulcastLayer::new("l"));
+        vec![api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sc))]
+    });
+    let mid = mids[0];
+    assert!(net.run_until(Duration::from_secs(5), |n| n.connected(d)));
+    let track = net.track_of(d).expect("published");
+    let (p, _) = player(&mut net, "alice", &track);
+    let pid = net.clients[p].id;
+
+    // Each layer's payload says which layer it is: 'H' (900 B) or 'L' (90 B).
+    let mut seqs = [1u64, 1u64];
+    let mut send = |net: &mut Net, key: bool| {
+        for (i, (rid, size, tag)) in [("h", 900usize, b'H'), ("l", 90, b'L')]
+            .into_iter()
+            .enumerate()
+        {
+            let now = net.now;
+            let rtc = &mut net.clients[d].rtc;
+            let pt = rtc
+                .codec_config()
+                .params()
+                .iter()
+                .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
+                .unwrap()
+                .pt();
+            let mut payload = vec![tag; size];
+            payload[0] = 0x10;
+            payload[1] = if key { 0x00 } else { 0x01 };
+            let mut api = rtc.direct_api();
+            let tx = api
+                .stream_tx_by_mid(mid, Some(Rid::from(rid)))
+                .expect("layer stream");
+            let s = seqs[i];
+            tx.write_rtp(
+                RtpWrite::new(pt, SeqNo::from(s), (s * 3000) as u32, now, payload).marker(true),
+            );
+            seqs[i] += 1;
+        }
+    };
+    let tags = |net: &Net| -> Vec<u8> {
+        net.clients[p]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::RtpPacket(x) => x.payload.get(2).copied(),
+                _ => None,
+            })
+            .collect()
+    };
+    // 2 s of both layers, a keyframe on each every 500 ms: the subscriber (1.5 Mbit/s initial
+    // estimate) gets the high layer.
+    for i in 0..100 {
+        send(&mut net, i % 25 == 0);
+        net.tick(Duration::from_millis(20));
+    }
+    let got = tags(&net);
+    assert!(!got.is_empty(), "media forwarded");
+    assert_eq!(
+        *got.last().unwrap(),
+        b'H',
+        "the high layer while the estimate allows it"
+    );
+
+    // The player asks for the low layer: the switch happens at the low layer's next keyframe.
+    net.sfu
+        .subscribe(
+            pid,
+            &track,
+            "ignored",
+            LayerPrefs {
+                layer: Some("low".into()),
+                ..Default::default()
+            },
+            net.now,
+        )
+        .unwrap();
+    let before = got.len();
+    for i in 0..60 {
+        send(&mut net, i == 30);
+        net.tick(Duration::from_millis(20));
+    }
+    let got = tags(&net);
+    let after: Vec<u8> = got[before..].to_vec();
+    let first_l = after
+        .iter()
+        .position(|t| *t == b'L')
+        .expect("switched to the low layer");
+    assert!(
+        after[..first_l].iter().all(|t| *t == b'H'),
+        "high until the switch"
+    );
+    assert!(
+        after[first_l..].iter().all(|t| *t == b'L'),
+        "only low after the switch"
+    );
+    // Delta frames between the request and the low keyframe were not used to switch.
+    assert!(
+        first_l >= 25,
+        "switched at the keyframe (packet {first_l}), not before"
+    );
+    assert!(net.clients[p]
+        .notices
+        .iter()
+        .any(|n| matches!(n, Notice::LayerChanged { layer: Some(l), .. } if l == "l")));
+    // One continuous outgoing stream across the switch.
+    let seqs_out: Vec<u64> = net.clients[p]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RtpPacket(x) => Some(*x.seq_no),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        seqs_out.windows(2).all(|w| w[1] == w[0] + 1),
+        "{seqs_out:?}"
+    );
+    assert!(net.sfu.stats().layer_switches >= 1);
+}
