@@ -51,16 +51,31 @@ impl Net {
         identity: &str,
         setup: impl FnOnce(&mut str0m::change::SdpApi) -> Vec<Mid>,
     ) -> (usize, Vec<Mid>) {
-        let n = self.clients.len();
-        let addr: SocketAddr = format!("10.0.1.{}:5000", n + 1).parse().unwrap();
+        let addr: SocketAddr = format!("10.0.1.{}:5000", self.clients.len() + 1)
+            .parse()
+            .unwrap();
         let mut rtc = Rtc::builder().set_rtp_mode(true).build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        self.attach(rtc, addr, role, identity, None, setup)
+    }
+
+    /// Joins `rtc` (its candidates already added) at `addr`: first offer, answer, registered.
+    fn attach(
+        &mut self,
+        mut rtc: Rtc,
+        addr: SocketAddr,
+        role: Role,
+        identity: &str,
+        resume_from: Option<u64>,
+        setup: impl FnOnce(&mut str0m::change::SdpApi) -> Vec<Mid>,
+    ) -> (usize, Vec<Mid>) {
+        let n = self.clients.len();
         let id = self.sfu.join(
             JoinRequest {
                 room: "arena",
                 identity,
                 role,
-                resume_from: None,
+                resume_from,
             },
             self.now,
         );
@@ -650,30 +665,10 @@ fn frame_mode_h264_publisher_is_live_at_once() {
         .enable_h264(true)
         .build(net.now);
     rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
-    let id = net.sfu.join(
-        JoinRequest {
-            room: "arena",
-            identity: "h264",
-            role: Role::Device,
-            resume_from: None,
-        },
-        net.now,
-    );
-    let mut api = rtc.sdp_api();
-    let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
-    let (offer, pending) = api.apply().unwrap();
-    let answer = net.sfu.offer(id, &offer.to_sdp_string(), net.now).unwrap();
-    rtc.sdp_api()
-        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
-        .unwrap();
-    net.clients.push(Client {
-        rtc,
-        addr,
-        id,
-        events: Vec::new(),
-        notices: Vec::new(),
-        controls: None,
+    let (_, mids) = net.attach(rtc, addr, Role::Device, "h264", None, |api| {
+        vec![api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None)]
     });
+    let mid = mids[0];
     assert!(net.run_until(Duration::from_secs(3), |n| n.connected(0)));
     // An IDR access unit: SPS, PPS, IDR slice (Annex B).
     let au: Vec<u8> = [
@@ -735,29 +730,9 @@ fn room_log_outlives_its_members_for_resuming_clients() {
     let addr: SocketAddr = "10.0.1.99:5000".parse().unwrap();
     let mut rtc = Rtc::builder().set_rtp_mode(true).build(net.now);
     rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
-    let id = net.sfu.join(
-        JoinRequest {
-            room: "arena",
-            identity: "rig-1",
-            role: Role::Device,
-            resume_from: Some(1),
-        },
-        net.now,
-    );
-    let mut api = rtc.sdp_api();
-    controls(&mut api);
-    let (offer, pending) = api.apply().unwrap();
-    let answer = net.sfu.offer(id, &offer.to_sdp_string(), net.now).unwrap();
-    rtc.sdp_api()
-        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
-        .unwrap();
-    net.clients.push(Client {
-        rtc,
-        addr,
-        id,
-        events: Vec::new(),
-        notices: Vec::new(),
-        controls: None,
+    net.attach(rtc, addr, Role::Device, "rig-1", Some(1), |api| {
+        controls(api);
+        vec![]
     });
     let replayed = |net: &Net| -> Vec<String> {
         net.clients[n]
