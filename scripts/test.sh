@@ -274,5 +274,13 @@ suite_browser_sfu() {
 if [[ $BROWSER == 1 ]]; then
   run_suite "SFU browser test vs meridian (chromium)" suite_browser_sfu
 fi
+# WHIP publishing and WHEP playback from headless Chromium (fake camera), and simulcast
+# layer choice (WHIP and SDK publishers, SDK player); see tests/browser/whip.mjs.
+suite_browser_whip() {
+  MERIDIAN_BIN=$(meridian_bin) timeout 300 node tests/browser/whip.mjs
+}
+if [[ $BROWSER == 1 ]]; then
+  run_suite "WHIP/WHEP browser test vs meridian (chromium)" suite_browser_whip
+fi
 
 summary_and_exit
