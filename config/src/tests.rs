@@ -114,7 +114,7 @@ fn defaults() {
     assert_eq!(c.sfu.stall_after_secs, 5);
     assert_eq!(c.sfu.message_log, 1024);
     assert_eq!(c.sfu.max_data_message_bytes, 16384);
-    assert_eq!(c.sfu.rtx_cache_packets, 512);
+    assert_eq!(c.sfu.rtx_cache_packets, 256);
     assert_eq!(c.sfu.initial_bitrate_kbps, 1500);
     // An empty file is the defaults, and every section can be given empty.
     assert_eq!(parse(""), c);

@@ -124,6 +124,9 @@ async fn rooms(State(st): State<Arc<Signaling>>) -> Response {
     }
 }
 
+/// Initial read buffer of a signaling WebSocket.
+const WS_READ_BUFFER: usize = 4096;
+
 async fn ws(
     State(st): State<Arc<Signaling>>,
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
@@ -137,7 +140,12 @@ async fn ws(
     // The hard cap; messages between the configured limit and this get a `too_large` error
     // and the connection stays open.
     let cap = st.cfg.max_message_bytes.saturating_mul(4);
+    // Signaling messages are small: tungstenite's default 128 KiB read buffer per connection
+    // was the largest single cost of an idle session; frames larger than this are still read
+    // (the buffer grows up to `cap`), and writes go out frame by frame.
     upgrade
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(cap)
         .max_frame_size(cap)
         .on_upgrade(move |socket| crate::ws::session(socket, st, peer, host))

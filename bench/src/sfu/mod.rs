@@ -73,6 +73,11 @@ pub struct SfuReport {
     pub latency_ms_p50: f64,
     pub latency_ms_p99: f64,
     pub latency_ms_p999: f64,
+    /// The node's own `meridian_sfu_forward_latency_seconds` over the window: from a shard
+    /// taking a datagram to the flush of what it forwarded (no client-side time in it).
+    pub sfu_latency_ms_p50: Option<f64>,
+    pub sfu_latency_ms_p99: Option<f64>,
+    pub sfu_latency_ms_p999: Option<f64>,
     pub join_to_first_frame_ms_p50: Option<f64>,
     pub join_to_first_frame_ms_p99: Option<f64>,
     pub cpu_ns_per_packet: Option<f64>,
@@ -131,24 +136,37 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 
 fn row(r: &SfuReport) -> String {
     format!(
-        "{}: {:.0} pkt/s delivered, loss {:.2} %, latency p50/p99/p999 {:.2}/{:.2}/{:.2} ms, CPU/pkt {}",
+        "{}: {:.0} pkt/s delivered, loss {:.2} %, latency p50/p99/p999 {:.2}/{:.2}/{:.2} ms, in the SFU {}, CPU/pkt {}",
         r.target,
         r.delivered_pps,
         r.loss_pct,
         r.latency_ms_p50,
         r.latency_ms_p99,
         r.latency_ms_p999,
+        sfu_latency(r),
         r.cpu_ns_per_packet.map_or("-".into(), |c| format!("{c:.0} ns")),
     )
 }
 
+/// The SFU-side latency quantiles, "p50/p99/p999" in ms, or "-".
+fn sfu_latency(r: &SfuReport) -> String {
+    match (
+        r.sfu_latency_ms_p50,
+        r.sfu_latency_ms_p99,
+        r.sfu_latency_ms_p999,
+    ) {
+        (Some(a), Some(b), Some(c)) => format!("{a:.2}/{b:.2}/{c:.2}"),
+        _ => "-".into(),
+    }
+}
+
 pub fn markdown(reports: &[SfuReport]) -> String {
     let mut s = String::from(
-        "| target | rooms×pub×sub | kbps | delivered pkt/s | loss % | latency p50/p99/p999 ms | join→first frame p50/p99 ms | CPU/pkt ns | RSS MiB (idle) | KiB/subscriber |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| target | rooms×pub×sub | kbps | delivered pkt/s | loss % | latency p50/p99/p999 ms | in the SFU p50/p99/p999 ms | join→first frame p50/p99 ms | CPU/pkt ns | RSS MiB (idle) | KiB/subscriber |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
         s.push_str(&format!(
-            "| {} | {}×{}×{} | {} | {:.0} | {:.2} | {:.2}/{:.2}/{:.2} | {} | {} | {} | {} |\n",
+            "| {} | {}×{}×{} | {} | {:.0} | {:.2} | {:.2}/{:.2}/{:.2} | {} | {} | {} | {} | {} |\n",
             r.target,
             r.rooms,
             r.publishers,
@@ -159,6 +177,7 @@ pub fn markdown(reports: &[SfuReport]) -> String {
             r.latency_ms_p50,
             r.latency_ms_p99,
             r.latency_ms_p999,
+            sfu_latency(r),
             match (r.join_to_first_frame_ms_p50, r.join_to_first_frame_ms_p99) {
                 (Some(a), Some(b)) => format!("{a:.0}/{b:.0}"),
                 _ => "-".into(),
@@ -192,6 +211,7 @@ struct Node {
     pid: i32,
     http: SocketAddr,
     sfu: SocketAddr,
+    admin: Option<SocketAddr>,
     _dir: TempDir,
 }
 
@@ -244,6 +264,7 @@ fn start_node(args: &SfuArgs) -> anyhow::Result<Node> {
         pid,
         http: "127.0.0.1:0".parse()?,
         sfu: "127.0.0.1:0".parse()?,
+        admin: None,
         _dir: dir,
     };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -253,6 +274,7 @@ fn start_node(args: &SfuArgs) -> anyhow::Result<Node> {
                 let addr = |k: &str| v[k].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
                 node.http = addr("http").ok_or_else(|| anyhow!("ready file has no http"))?;
                 node.sfu = addr("sfu_udp").ok_or_else(|| anyhow!("ready file has no sfu_udp"))?;
+                node.admin = addr("admin");
                 if let Some(p) = v["pid"].as_i64() {
                     node.pid = p as i32;
                 }
@@ -342,7 +364,15 @@ async fn run_meridian(args: &SfuArgs) -> anyhow::Result<SfuReport> {
     bar.finish_and_clear();
     // Let every subscriber reach its first frame (bounded), then measure.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let fwd0 = match node.admin {
+        Some(a) => forward_buckets(a).await,
+        None => None,
+    };
     let window = measure(args, &shared, Some(proc_)).await;
+    let fwd1 = match node.admin {
+        Some(a) => forward_buckets(a).await,
+        None => None,
+    };
     shared.stop.store(true, Ordering::Relaxed);
     let mut latency = Histogram::<u64>::new_with_bounds(1_000, 10_000_000_000, 3)?;
     let mut jtff = Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3)?;
@@ -370,6 +400,18 @@ async fn run_meridian(args: &SfuArgs) -> anyhow::Result<SfuReport> {
     }
     let peak = proc_.rss_kib().map(|(_, cur)| cur).or(window.rss_kib);
     let mut rep = report("meridian", args, &window, delivered, &latency, failed);
+    if let (Some(a), Some(b)) = (fwd0, fwd1) {
+        let window: Vec<(f64, u64)> = b
+            .iter()
+            .map(|&(le, n)| {
+                let before = a.iter().find(|(l, _)| *l == le).map_or(0, |(_, c)| *c);
+                (le, n.saturating_sub(before))
+            })
+            .collect();
+        rep.sfu_latency_ms_p50 = bucket_quantile(&window, 0.5).map(|s| s * 1e3);
+        rep.sfu_latency_ms_p99 = bucket_quantile(&window, 0.99).map(|s| s * 1e3);
+        rep.sfu_latency_ms_p999 = bucket_quantile(&window, 0.999).map(|s| s * 1e3);
+    }
     rep.join_to_first_frame_ms_p50 = (!jtff.is_empty()).then(|| ms(&jtff, 0.5));
     rep.join_to_first_frame_ms_p99 = (!jtff.is_empty()).then(|| ms(&jtff, 0.99));
     rep.rss_mib = window.rss_kib.or(peak).map(|k| k as f64 / 1024.0);
@@ -380,6 +422,81 @@ async fn run_meridian(args: &SfuArgs) -> anyhow::Result<SfuReport> {
     }
     drop(node);
     Ok(rep)
+}
+
+/// The cumulative buckets `(le, count)` of the node's forward-latency histogram, from its
+/// admin listener's /metrics (one bounded HTTP/1.1 GET).
+async fn forward_buckets(admin: SocketAddr) -> Option<Vec<(f64, u64)>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = Vec::new();
+        s.take(16 << 20).read_to_end(&mut body).await.ok()?;
+        Some(String::from_utf8_lossy(&body).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(5), get)
+        .await
+        .ok()??;
+    Some(parse_buckets(&text, "meridian_sfu_forward_latency_seconds"))
+}
+
+/// Cumulative `(le, count)` pairs of one Prometheus histogram, summed over its label sets.
+fn parse_buckets(text: &str, name: &str) -> Vec<(f64, u64)> {
+    let prefix = format!("{name}_bucket{{");
+    let mut out: Vec<(f64, u64)> = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with(&prefix)) {
+        let Some(le) = line.split("le=\"").nth(1).and_then(|r| r.split('"').next()) else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            match le.parse::<f64>() {
+                Ok(v) => v,
+                Err(_) => continue,
+            }
+        };
+        let Some(n) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        match out.iter_mut().find(|(l, _)| *l == le) {
+            Some(e) => e.1 += n as u64,
+            None => out.push((le, n as u64)),
+        }
+    }
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// The `q` quantile of cumulative buckets, linear inside the bucket it falls in (as
+/// Prometheus' histogram_quantile does); None without observations. A quantile in the
+/// open-ended bucket is reported as that bucket's lower bound.
+fn bucket_quantile(cumulative: &[(f64, u64)], q: f64) -> Option<f64> {
+    let total = cumulative.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut lower = (0.0, 0u64);
+    for &(le, n) in cumulative {
+        if n as f64 >= rank {
+            if le.is_infinite() {
+                return Some(lower.0);
+            }
+            let inside = (n - lower.1) as f64;
+            let frac = if inside > 0.0 {
+                (rank - lower.1 as f64) / inside
+            } else {
+                1.0
+            };
+            return Some(lower.0 + (le - lower.0) * frac);
+        }
+        lower = (le, n);
+    }
+    Some(lower.0)
 }
 
 /// What the measured window saw.
@@ -545,4 +662,39 @@ async fn run_floor(args: &SfuArgs) -> anyhow::Result<SfuReport> {
         ..w0
     };
     Ok(report("floor", args, &w, delivered, &latency, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_parsed_summed_over_labels_and_sorted() {
+        let text = "# TYPE meridian_sfu_forward_latency_seconds histogram\n\
+            meridian_sfu_forward_latency_seconds_bucket{le=\"0.001\"} 5\n\
+            meridian_sfu_forward_latency_seconds_bucket{le=\"+Inf\"} 9\n\
+            meridian_sfu_forward_latency_seconds_bucket{le=\"0.0005\"} 2\n\
+            meridian_sfu_forward_latency_seconds_bucket{shard=\"1\",le=\"0.001\"} 1\n\
+            meridian_sfu_forward_latency_seconds_sum 0.01\n\
+            other_bucket{le=\"0.001\"} 100\n";
+        let b = parse_buckets(text, "meridian_sfu_forward_latency_seconds");
+        assert_eq!(b, vec![(0.0005, 2), (0.001, 6), (f64::INFINITY, 9)]);
+    }
+
+    #[test]
+    fn quantiles_interpolate_inside_the_bucket() {
+        // 100 observations: 50 at or below 1 ms, 49 more at or below 2 ms, 1 above.
+        let b = [(0.001, 50), (0.002, 99), (f64::INFINITY, 100)];
+        let p50 = bucket_quantile(&b, 0.5).unwrap();
+        assert!((p50 - 0.001).abs() < 1e-12, "{p50}");
+        let p75 = bucket_quantile(&b, 0.75).unwrap();
+        assert!(p75 > 0.001 && p75 < 0.002, "{p75}");
+        // In the open-ended bucket: its lower bound.
+        assert_eq!(bucket_quantile(&b, 0.999), Some(0.002));
+        assert_eq!(
+            bucket_quantile(&[(0.001, 0), (f64::INFINITY, 0)], 0.5),
+            None
+        );
+        assert_eq!(bucket_quantile(&[], 0.5), None);
+    }
 }

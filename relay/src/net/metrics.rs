@@ -189,6 +189,12 @@ pub struct SfuExport {
     last_driver: ShardCounters,
 }
 
+/// Buckets of `meridian_sfu_forward_latency_seconds`: fine below the 2 ms an SFU may add.
+pub const FORWARD_LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
+    0.01, 0.02, 0.05, 0.1, 0.25,
+];
+
 /// What the shard driver itself counts.
 #[derive(Default, Clone, Copy)]
 pub struct ShardCounters {
@@ -196,12 +202,16 @@ pub struct ShardCounters {
     pub unknown_source: u64,
     /// Datagrams the kernel delivered to another shard's socket, handed to the owner.
     pub misrouted: u64,
+    /// Datagrams the kernel refused to send (socket buffer full, or an error).
+    pub send_dropped: u64,
 }
 
 impl SfuExport {
     pub fn export(&mut self, shard: usize, sfu: &mut crate::sfu::Sfu, driver: ShardCounters) {
         counter!("meridian_sfu_dropped_total", "reason" => "unknown_source")
             .increment(driver.unknown_source - self.last_driver.unknown_source);
+        counter!("meridian_sfu_dropped_total", "reason" => "send_buffer")
+            .increment(driver.send_dropped - self.last_driver.send_dropped);
         counter!("meridian_sfu_misrouted_datagrams_total")
             .increment(driver.misrouted - self.last_driver.misrouted);
         self.last_driver = driver;
@@ -351,6 +361,10 @@ fn describe_sfu() {
     describe_counter!(
         "meridian_sfu_turn_handoff_total",
         "Datagrams between this node's TURN relays and its SFU handed over in process, by direction"
+    );
+    describe_histogram!(
+        "meridian_sfu_forward_latency_seconds",
+        "From a shard taking a datagram to the flush of what it forwarded, per forwarded packet (packets a pacer holds back are not included)"
     );
     describe_histogram!(
         "meridian_sfu_join_to_first_media_seconds",

@@ -114,6 +114,14 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
             metrics_util::MetricKindMask::GAUGE,
             Some(Duration::from_secs(30)),
         )
+        // A real histogram (not a summary) so that p99 can be computed over any window.
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                "meridian_sfu_forward_latency_seconds".into(),
+            ),
+            metrics::FORWARD_LATENCY_BUCKETS,
+        )
+        .map_err(|e| NodeError::Metrics(e.to_string()))?
         .install_recorder()
         .map_err(|e| NodeError::Metrics(e.to_string()))?;
     metrics::describe();

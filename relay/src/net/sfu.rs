@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,11 @@ use crate::sfu::{
 
 /// Largest datagram read, and the largest ICE-TCP frame accepted.
 const MTU: usize = 2048;
+/// Queued outgoing datagrams that force a flush before the pass ends: a fan-out goes out in
+/// chunks, so the first subscribers do not wait for the last ones to be encrypted.
+const SEND_QUEUE_FLUSH: usize = 32;
+/// Further datagrams taken from the socket in one pass once the first arrived.
+const RECV_PER_PASS: usize = 16;
 /// An ICE-TCP connection must send its first frame (a STUN binding request) within this.
 const TCP_FIRST_FRAME: Duration = Duration::from_secs(10);
 /// Frames queued for one ICE-TCP connection before newer ones are dropped.
@@ -491,21 +497,30 @@ async fn run_shard(
     let mut buf = vec![0u8; MTU];
     let mut export = super::metrics::SfuExport::default();
     let mut next_export = Instant::now() + Duration::from_secs(1);
+    // Everything a pass produces for UDP goes out in one sendmmsg (a fan-out is one datagram
+    // per subscriber, all to different addresses).
+    let mut queue = super::mmsg::SendQueue::default();
+    let fd = sock.as_raw_fd();
+    let forward_latency = metrics::histogram!("meridian_sfu_forward_latency_seconds");
     loop {
         let deadline = shard.sfu.poll_timeout().min(next_export);
+        let forwarded_before = shard.sfu.stats().forwarded;
+        // When the pass began handling input (None for a timer pass): media forwarded in the
+        // pass has been inside the SFU from then until the flush below.
+        let mut input_at = None;
         tokio::select! {
             r = sock.recv_from(&mut buf) => {
                 let now = Instant::now();
+                input_at = Some(now);
                 match r {
                     Ok((n, source)) => {
-                        let contents = &buf[..n];
-                        if !shard.sfu.handle_receive(now, Protocol::Udp, source, local, contents) {
-                            match shard.owner_of(source, contents) {
-                                Some(owner) if owner != shard.id => {
-                                    shard.counters.misrouted += 1;
-                                    let _ = peers[owner].send(Command::Datagram { source, contents: contents.to_vec() });
-                                }
-                                _ => shard.counters.unknown_source += 1,
+                        shard.take_datagram(now, source, local, &buf[..n], &peers);
+                        // Whatever else is already queued is handled in the same pass, so one
+                        // flush (and one timer computation) serves several datagrams.
+                        for _ in 0..RECV_PER_PASS {
+                            match sock.try_recv_from(&mut buf) {
+                                Ok((n, source)) => shard.take_datagram(now, source, local, &buf[..n], &peers),
+                                Err(_) => break,
                             }
                         }
                     }
@@ -514,6 +529,7 @@ async fn run_shard(
             }
             cmd = rx.recv() => {
                 let now = Instant::now();
+                input_at = Some(now);
                 match cmd {
                     Some(Command::Call(f)) => f(&mut shard, now),
                     Some(Command::Datagram { source, contents }) => {
@@ -575,15 +591,19 @@ async fn run_shard(
                 });
                 continue;
             }
-            if let Err(e) = sock.try_send_to(&t.contents, t.destination) {
-                if e.kind() == std::io::ErrorKind::WouldBlock {
-                    // Wait for room once, then drop (real-time media: late is lost anyway).
-                    if sock.writable().await.is_ok() {
-                        let _ = sock.try_send_to(&t.contents, t.destination);
-                    }
-                } else {
-                    tracing::debug!("SFU shard {}: send to {}: {e}", shard.id, t.destination);
-                }
+            queue.push(t.destination, &t.contents);
+            if queue.len() >= SEND_QUEUE_FLUSH {
+                shard.counters.send_dropped += queue.flush(fd) as u64;
+            }
+        }
+        if !queue.is_empty() {
+            // A full socket buffer drops (real-time media: late is lost anyway), counted.
+            shard.counters.send_dropped += queue.flush(fd) as u64;
+        }
+        if let Some(at) = input_at {
+            let forwarded = shard.sfu.stats().forwarded - forwarded_before;
+            if forwarded > 0 {
+                forward_latency.record_many(at.elapsed().as_secs_f64(), forwarded as usize);
             }
         }
         shard.flush_notices();
@@ -591,6 +611,34 @@ async fn run_shard(
 }
 
 impl Shard {
+    /// One datagram from the shard's socket: to our session, or routed to the shard that owns
+    /// it.
+    fn take_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        local: SocketAddr,
+        contents: &[u8],
+        peers: &Arc<Vec<mpsc::UnboundedSender<Command>>>,
+    ) {
+        if self
+            .sfu
+            .handle_receive(now, Protocol::Udp, source, local, contents)
+        {
+            return;
+        }
+        match self.owner_of(source, contents) {
+            Some(owner) if owner != self.id => {
+                self.counters.misrouted += 1;
+                let _ = peers[owner].send(Command::Datagram {
+                    source,
+                    contents: contents.to_vec(),
+                });
+            }
+            _ => self.counters.unknown_source += 1,
+        }
+    }
+
     /// Takes over an ICE-TCP connection whose first frame belongs to one of our sessions.
     fn adopt_tcp(
         &mut self,

@@ -109,7 +109,7 @@ impl Default for SfuConfig {
             stall_after: Duration::from_secs(5),
             message_log: 1024,
             max_message_bytes: 16 * 1024,
-            rtx_cache_packets: 512,
+            rtx_cache_packets: 256,
             initial_estimate_bps: 1_500_000,
         }
     }
@@ -966,7 +966,7 @@ impl Sfu {
     /// Drains one session's output (the single-mutation rule: after every mutation).
     fn drive(&mut self, id: ParticipantId, now: Instant) {
         let failed = match self.participants.get_mut(&id) {
-            Some(p) => drain(p, &mut self.out).is_err() || !p.rtc.is_alive(),
+            Some(p) => drain(p, &mut self.out, now).is_err() || !p.rtc.is_alive(),
             None => return,
         };
         if failed {
@@ -1259,7 +1259,7 @@ impl Sfu {
                 rx.request_keyframe(KeyframeRequestKind::Pli);
                 self.stats.keyframe_requests_out += 1;
             }
-            if drain(p, &mut self.out).is_err() {
+            if drain(p, &mut self.out, now).is_err() {
                 break;
             }
         }
@@ -1398,7 +1398,7 @@ impl Sfu {
                 self.first_media
                     .push(now.saturating_duration_since(sp.joined_at));
             }
-            if drain(sp, &mut self.out).is_err() {
+            if drain(sp, &mut self.out, now).is_err() {
                 stale.push((sid, smid));
             }
         }
@@ -1736,10 +1736,17 @@ impl Sfu {
     }
 }
 
-/// Polls one session until it has nothing more to say.
-fn drain(p: &mut Participant, out: &mut Outputs) -> Result<(), RtcError> {
+/// Polls one session until it has nothing more to say. A session asking to be woken at once
+/// (str0m's pacer does after every packet it releases) is served here, once, rather than
+/// through the timer heap and another pass of the shard loop.
+fn drain(p: &mut Participant, out: &mut Outputs, now: Instant) -> Result<(), RtcError> {
+    let mut inline_timeout = true;
     loop {
         match p.rtc.poll_output()? {
+            Output::Timeout(t) if t <= now && inline_timeout => {
+                inline_timeout = false;
+                p.rtc.handle_input(Input::Timeout(now))?;
+            }
             Output::Timeout(t) => {
                 p.timeout = t;
                 if p.scheduled.is_none_or(|s| t < s) {
