@@ -90,38 +90,9 @@ die() {
 
 # ---------------------------------------------------------------- installs (idempotent)
 
-as_root() {
-  if [[ $(id -u) -eq 0 ]]; then
-    "$@"
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo -n "$@"
-  else
-    say "need root for: $*" >&2
-    return 1
-  fi
-}
-
-APT_UPDATED=0
-apt_install() { # apt_install PACKAGE...: installs those not installed yet
-  local missing=()
-  local p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  ((${#missing[@]} == 0)) && return 0
-  if [[ $NO_INSTALL == 1 ]]; then
-    say "missing Debian packages: ${missing[*]} (MERIDIAN_TEST_NO_INSTALL=1)" >&2
-    return 1
-  fi
-  say "installing Debian packages: ${missing[*]}"
-  if ((APT_UPDATED == 0)); then
-    as_root apt-get update -qq </dev/null >"$LOG_DIR/apt-update.log" 2>&1 ||
-      { cat "$LOG_DIR/apt-update.log" >&2; return 1; }
-    APT_UPDATED=1
-  fi
-  as_root apt-get install -y -qq "${missing[@]}" </dev/null >"$LOG_DIR/apt-install.log" 2>&1 ||
-    { tail -n 50 "$LOG_DIR/apt-install.log" >&2; return 1; }
-}
+# as_root, apt_install (uses NO_INSTALL, LOG_DIR, say)
+# shellcheck source=scripts/lib/apt.sh
+source "$ROOT/scripts/lib/apt.sh"
 
 npm_install_browser_deps() {
   local dir="$ROOT/tests/browser"
@@ -146,6 +117,14 @@ install_prerequisites() {
   cargo fmt --version >/dev/null 2>&1 || { say "rustfmt missing: rustup component add rustfmt" >&2; return 1; }
   cargo clippy --version >/dev/null 2>&1 || { say "clippy missing: rustup component add clippy" >&2; return 1; }
   local pkgs=()
+  # The GStreamer WHIP publisher of tests/gst_whip.rs (cargo test): webrtcbin, libnice, the
+  # encoders, and the Python bindings that tests/gst/whip_publish.py drives them with.
+  pkgs+=(gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+    gstreamer1.0-nice gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0
+    gir1.2-nice-0.1 python3-gi python3-cryptography)
+  # The SFU's DTLS is AWS-LC's libssl (aws-lc-sys "ssl"): built with CMake, bindings generated
+  # by bindgen, which needs libclang.
+  pkgs+=(cmake libclang-dev)
   [[ $REFERENCE == 1 ]] && pkgs+=(coturn)
   [[ $BROWSER == 1 ]] && pkgs+=(chromium openssl nodejs)
   if ((${#pkgs[@]} > 0)); then apt_install "${pkgs[@]}" || return 1; fi

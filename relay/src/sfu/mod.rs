@@ -15,6 +15,7 @@
 //! a simulcast layer ([`layer`]), switches only at a keyframe ([`keyframe`]) and keeps the
 //! outgoing sequence numbers and timestamps continuous ([`participant::Rewriter`]).
 
+mod dtls;
 pub mod keyframe;
 pub mod layer;
 pub mod messages;
@@ -317,7 +318,7 @@ impl Sfu {
     /// One DTLS certificate serves every session of the shard, so a join costs no key
     /// generation. Fails only when the crypto provider cannot make a certificate.
     pub fn new(cfg: SfuConfig, id_base: u64, now: Instant) -> Result<Self, SfuError> {
-        let provider = str0m::crypto::from_feature_flags();
+        let provider = dtls::crypto_provider();
         let dtls_cert: DtlsCert = provider
             .dtls_provider
             .generate_certificate()
@@ -395,6 +396,7 @@ impl Sfu {
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .set_local_ice_credentials(creds.clone())
+            .set_crypto_provider(dtls::crypto_provider())
             .set_dtls_cert(self.dtls_cert.clone())
             .enable_bwe(Some(Bitrate::bps(self.cfg.initial_estimate_bps)))
             .set_send_buffer_video(self.cfg.rtx_cache_packets)
