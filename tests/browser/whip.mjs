@@ -28,17 +28,12 @@
 //   WHIP_TEST_LOG=level      the node's log level (default info; e.g. debug)
 // Exits 0 when every check passed, 1 otherwise; the last line is the summary.
 
-import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { createHarness, sleep, waitFor } from './harness.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO = path.resolve(HERE, '..', '..');
-const READY_TIMEOUT_MS = 20_000;
 const CONNECT_TIMEOUT_MS = 20_000;
 const FRAMES_TIMEOUT_MS = 20_000;
 const ROOMS_TIMEOUT_MS = 10_000;
@@ -47,105 +42,17 @@ const LAYERS_TIMEOUT_MS = 30_000;
 const LAYER_SWITCH_TIMEOUT_MS = 20_000;
 const GLOBAL_TIMEOUT_MS = 240_000;
 
-const results = []; // { name, ok, detail }
-const cleanups = []; // run in reverse on exit
-const consoleLines = []; // the pages' console, printed on failure
-
-function log(...a) {
-  console.log('[whip]', ...a);
-}
-
-function record(name, ok, detail = '') {
-  results.push({ name, ok, detail });
-  console.log(`${ok ? 'PASS' : 'FAIL'} ${name}${detail ? ` — ${detail}` : ''}`);
-  return ok;
-}
-
-function sleep(ms) {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-/** Polls `fn` until it returns something truthy; throws after `timeoutMs`. */
-async function waitFor(what, timeoutMs, fn, everyMs = 100) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    last = await fn();
-    if (last) return last;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(everyMs);
-  }
-}
+const { cleanups, consoleLines, state, log, record, startMeridian: startNode, run } = createHarness('whip');
 
 /** Like waitFor, but resolves to null on timeout (for checks that record their own failure). */
 async function waitOrNull(timeoutMs, fn, everyMs = 100) {
   return waitFor('', timeoutMs, fn, everyMs).catch(() => null);
 }
 
-function readLog(p) {
-  try {
-    return fs.readFileSync(p, 'utf8');
-  } catch {
-    return '';
-  }
-}
-
 // ---------------------------------------------------------------- the node
 
-function meridianBin() {
-  if (process.env.MERIDIAN_BIN) return process.env.MERIDIAN_BIN;
-  for (const p of ['target/release/meridian', 'target/debug/meridian']) {
-    const full = path.join(REPO, p);
-    if (fs.existsSync(full)) return full;
-  }
-  throw new Error('no meridian binary: build it (cargo build --release) or set MERIDIAN_BIN');
-}
-
-async function startMeridian(dir) {
-  const config = path.join(dir, 'meridian.toml');
-  fs.writeFileSync(
-    config,
-    [
-      '[node]', 'name = "whip-browser-test"', '',
-      '[log]', `level = "${process.env.WHIP_TEST_LOG || 'info'}"`, '',
-      '[admin]', 'listen = "127.0.0.1:0"', '',
-      '[turn]', 'realm = "meridian-whip-test"', 'udp = ["127.0.0.1:0"]', 'tcp = ["127.0.0.1:0"]',
-      'relay_ipv4 = "127.0.0.1"', '',
-      // REST credentials: the answer's Link headers advertise the node's TURN.
-      '[auth]', `rest_secrets = ["${randomBytes(16).toString('hex')}"]`, '',
-      '[security]', 'allow_peers = ["127.0.0.0/8"]', '',
-      '[drain]', 'deadline_secs = 1', '',
-      '[signaling]', 'listen = "127.0.0.1:0"', 'dev_tokens = true',
-      `api_keys = [{ key = "k", secret = "${randomBytes(16).toString('hex')}" }]`, '',
-      '[sfu]', 'udp = "127.0.0.1:0"', 'tcp = []', '',
-    ].join('\n'),
-  );
-  const readyFile = path.join(dir, 'ready.json');
-  const logPath = path.join(dir, 'meridian.log');
-  const bin = meridianBin();
-  log(`starting ${bin} serve --config ${config}`);
-  const out = fs.openSync(logPath, 'w');
-  const child = spawn(bin, ['serve', '--config', config, '--ready-file', readyFile], { stdio: ['ignore', out, out] });
-  fs.closeSync(out);
-  child.exitInfo = null;
-  child.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve((child.exitInfo = { code, signal }))));
-  child.on('error', (e) => (child.exitInfo = { code: null, signal: null, error: String(e) }));
-  cleanups.push(async () => {
-    if (child.exitInfo) return;
-    child.kill('SIGTERM');
-    if (!(await Promise.race([child.exited, sleep(10_000).then(() => null)]))) {
-      log('meridian ignored SIGTERM for 10 s; killing it');
-      child.kill('SIGKILL');
-      await Promise.race([child.exited, sleep(5_000)]);
-    }
-  });
-  const ready = await waitFor('the meridian ready file', READY_TIMEOUT_MS, () => {
-    if (child.exitInfo) throw new Error(`meridian exited before ready: ${JSON.stringify(child.exitInfo)}\n${readLog(logPath)}`);
-    if (!fs.existsSync(readyFile)) return null;
-    return JSON.parse(fs.readFileSync(readyFile, 'utf8')); // written atomically
-  }, 20);
-  if (!ready.http) throw new Error(`the ready file names no signaling listener ("http"): ${JSON.stringify(ready)}`);
-  return { child, logPath, ready, base: `http://${ready.http}/` };
+function startMeridian(dir) {
+  return startNode(dir, { logLevel: process.env.WHIP_TEST_LOG || 'info' });
 }
 
 async function devToken(base, room, identity, role) {
@@ -755,45 +662,4 @@ async function main() {
   }
 }
 
-async function cleanup() {
-  while (cleanups.length) {
-    const f = cleanups.pop();
-    try {
-      await f();
-    } catch (e) {
-      log(`cleanup: ${e}`);
-    }
-  }
-}
-
-const state = { node: null };
-const globalTimer = setTimeout(async () => {
-  record('whip browser test finished in time', false, `still running after ${GLOBAL_TIMEOUT_MS} ms`);
-  await cleanup();
-  process.exit(1);
-}, GLOBAL_TIMEOUT_MS);
-globalTimer.unref();
-
-for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.on(sig, async () => {
-    await cleanup();
-    process.exit(130);
-  });
-}
-
-const started = Date.now();
-try {
-  await main();
-} catch (e) {
-  record('whip browser test ran', false, e.stack || String(e));
-}
-const failed = results.filter((r) => !r.ok).length;
-if (failed || !results.length || process.env.WHIP_TEST_VERBOSE === '1') {
-  console.log(`---- page console (last 200 lines) ----\n${consoleLines.slice(-200).join('\n')}\n---- end ----`);
-  if (state.node) console.log(`---- meridian output ----\n${readLog(state.node.logPath).slice(-20000)}\n---- end ----`);
-}
-await cleanup();
-clearTimeout(globalTimer);
-const passed = results.length - failed;
-console.log(`whip browser: ${passed} passed, ${failed} failed in ${Math.round((Date.now() - started) / 1000)} s${failed ? ` (first failure: ${results.find((r) => !r.ok).name})` : ''}`);
-process.exit(failed || !results.length ? 1 : 0);
+await run(main, { timeoutMs: GLOBAL_TIMEOUT_MS, verboseEnv: 'WHIP_TEST_VERBOSE' });
