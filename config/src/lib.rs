@@ -495,8 +495,10 @@ pub struct SfuConfig {
     pub message_log: usize,
     /// Largest data-channel message accepted, in bytes. Default: 16384.
     pub max_data_message_bytes: usize,
-    /// Packets kept per outgoing video stream for NACK retransmission. Default: 256 (about
-    /// 2 s of a 1 Mbit/s stream, 0.5 s at 4 Mbit/s; about 400 bytes each, the media shared).
+    /// Packets kept for NACK retransmission. Default: 256 (about 2 s of a 1 Mbit/s stream,
+    /// 0.5 s at 4 Mbit/s). Players' and viewers' non-simulcast subscriptions share one cache
+    /// per published track; simulcast subscriptions keep one per outgoing stream (about 400
+    /// bytes per packet each, the media shared).
     pub rtx_cache_packets: usize,
     /// Bandwidth estimate a subscriber starts from, in kilobits per second. Default: 1500.
     pub initial_bitrate_kbps: u64,

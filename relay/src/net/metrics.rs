@@ -262,6 +262,18 @@ impl SfuExport {
         counter!("meridian_sfu_dropped_total", "reason" => "codec_mismatch")
             .increment(s.codec_mismatch - l.codec_mismatch);
         c("meridian_sfu_publisher_stalls_total", s.stalls, l.stalls);
+        c(
+            "meridian_sfu_forwarded_direct_total",
+            s.forwarded_direct,
+            l.forwarded_direct,
+        );
+        c("meridian_sfu_nacked_packets_total", s.nacked, l.nacked);
+        counter!("meridian_sfu_retransmissions_total", "result" => "sent")
+            .increment(s.retransmitted - l.retransmitted);
+        counter!("meridian_sfu_retransmissions_total", "result" => "not_cached")
+            .increment(s.nack_misses - l.nack_misses);
+        counter!("meridian_sfu_dropped_total", "reason" => "srtp")
+            .increment(s.srtp_errors - l.srtp_errors);
         self.last = s;
         let (publishers, subscriptions) = sfu.publisher_subscriber_counts();
         gauge!("meridian_sfu_sessions", "shard" => shard_label.clone())
@@ -337,6 +349,18 @@ fn describe_sfu() {
     describe_counter!(
         "meridian_sfu_layer_switches_total",
         "Simulcast layer switches"
+    );
+    describe_counter!(
+        "meridian_sfu_forwarded_direct_total",
+        "RTP packets forwarded on the SFU's own SRTP send path (players' and viewers' non-simulcast media; part of meridian_sfu_forwarded_rtp_total)"
+    );
+    describe_counter!(
+        "meridian_sfu_nacked_packets_total",
+        "Lost packets subscribers reported in NACKs (own send path)"
+    );
+    describe_counter!(
+        "meridian_sfu_retransmissions_total",
+        "NACKed packets resent from the track's packet cache (result=sent), or no longer cached (result=not_cached)"
     );
     describe_counter!(
         "meridian_sfu_messages_total",

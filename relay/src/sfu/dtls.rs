@@ -34,7 +34,9 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| {
-            static DTLS: AwsLcDtls = AwsLcDtls;
+            static DTLS: AwsLcDtls = AwsLcDtls {
+                srtp_profiles: None,
+            };
             let mut provider = str0m::crypto::from_feature_flags();
             provider.dtls_provider = &DTLS;
             Arc::new(provider)
@@ -65,8 +67,46 @@ const HANDSHAKE_TICK: Duration = Duration::from_millis(250);
 /// "No timer": far enough to never fire.
 const IDLE: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// A provider whose connections offer only `profiles` (OpenSSL list syntax), for tests that
+/// need a peer to settle on a given SRTP profile.
+#[cfg(test)]
+pub fn crypto_provider_with_srtp_profiles(profiles: &'static CStr) -> Arc<CryptoProvider> {
+    let dtls: &'static AwsLcDtls = Box::leak(Box::new(AwsLcDtls {
+        srtp_profiles: Some(profiles),
+    }));
+    let mut provider = str0m::crypto::from_feature_flags();
+    provider.dtls_provider = dtls;
+    Arc::new(provider)
+}
+
+/// SRTP keys of the handshake that just completed on this thread, with our DTLS role.
 #[derive(Debug)]
-struct AwsLcDtls;
+pub struct Exported {
+    pub material: Vec<u8>,
+    pub profile: SrtpProfile,
+    pub we_are_client: bool,
+}
+
+thread_local! {
+    static EXPORTED: std::cell::RefCell<Option<Exported>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Forgets keys no one took (another connection's, on this thread).
+pub fn clear_exported() {
+    EXPORTED.with(|e| e.borrow_mut().take());
+}
+
+/// The keys of a handshake completed since [`clear_exported`]. The SFU brackets each call into
+/// one session's `Rtc` with the two, so the keys it takes are that session's: str0m keeps them
+/// to itself, and the SFU's own send path needs them too.
+pub fn take_exported() -> Option<Exported> {
+    EXPORTED.with(|e| e.borrow_mut().take())
+}
+
+#[derive(Debug)]
+struct AwsLcDtls {
+    srtp_profiles: Option<&'static CStr>,
+}
 
 impl DtlsProvider for AwsLcDtls {
     fn generate_certificate(&self) -> Option<DtlsCert> {
@@ -90,9 +130,15 @@ impl DtlsProvider for AwsLcDtls {
         }
         let ctx = context(cert).map_err(CryptoError::Other)?;
         let mtu = mtu.unwrap_or(DEFAULT_MTU);
-        Ok(Box::new(
-            Instance::new(ctx, now, mtu).map_err(CryptoError::Other)?,
-        ))
+        let instance = Instance::new(ctx, now, mtu).map_err(CryptoError::Other)?;
+        if let Some(profiles) = self.srtp_profiles {
+            // SAFETY: the SSL object is live; the list is a 'static C string.
+            let ok = unsafe { ffi::SSL_set_srtp_profiles(instance.ssl, profiles.as_ptr()) };
+            if ok != 1 {
+                return Err(CryptoError::Other(ssl_error("SRTP profiles")));
+            }
+        }
+        Ok(Box::new(instance))
     }
 }
 
@@ -566,6 +612,14 @@ impl Instance {
         self.events.push_back(Event::PeerCert(cert));
         self.events.push_back(Event::Connected);
         if let Some((material, profile)) = keying {
+            let we_are_client = self.active == Some(true);
+            EXPORTED.with(|e| {
+                *e.borrow_mut() = Some(Exported {
+                    material: material.clone(),
+                    profile,
+                    we_are_client,
+                })
+            });
             self.events
                 .push_back(Event::KeyingMaterial(material, profile));
         }

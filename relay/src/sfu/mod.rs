@@ -9,17 +9,24 @@
 //! One `Sfu` holds whole rooms: a room never spans two of them, so a driver shards rooms over
 //! threads and nothing on the per-packet path is shared.
 //!
-//! Forwarding is at the RTP level (str0m's RTP mode). Each incoming packet's payload is one
-//! reference-counted buffer shared by every subscriber's outgoing packet and by each
-//! subscriber's retransmission cache, so fan-out copies no media. Per subscriber the SFU picks
-//! a simulcast layer ([`layer`]), switches only at a keyframe ([`keyframe`]) and keeps the
-//! outgoing sequence numbers and timestamps continuous ([`participant::Rewriter`]).
+//! Forwarding is at the RTP level (str0m's RTP mode). Per subscriber the SFU picks a simulcast
+//! layer ([`layer`]), switches only at a keyframe ([`keyframe`]) and keeps the outgoing
+//! sequence numbers and timestamps continuous ([`participant::Rewriter`]).
+//!
+//! Two send paths: players' and viewers' non-simulcast media is SRTP-protected by the SFU
+//! itself straight into the datagram, with NACKs served from one packet cache per track and
+//! the SFU's own sender reports ([`direct`]); everything else (devices' subscriptions,
+//! simulcast, whose layer choice needs str0m's bandwidth estimate) is written to the session's
+//! str0m stream. Either way an incoming payload is one reference-counted buffer, so fan-out
+//! copies no media before encryption.
 
+mod direct;
 mod dtls;
 pub mod keyframe;
 pub mod layer;
 pub mod messages;
 mod participant;
+mod srtp;
 mod track;
 
 #[cfg(test)]
@@ -41,9 +48,10 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, 
 
 pub use str0m::net::{Protocol, Transmit};
 
+use self::direct::{Cached, DirectSession, PacketCache, WallClock};
 use self::layer::LayerPrefs;
 use self::messages::{Appended, Audience, MessageLog};
-use self::participant::{ChannelRole, Participant, PublishMeta, Subscription};
+use self::participant::{ChannelRole, OutStream, Participant, PublishMeta, Subscription};
 use self::track::{Track, RATE_WINDOW};
 use crate::stun;
 
@@ -95,7 +103,8 @@ pub struct SfuConfig {
     pub message_log: usize,
     /// Largest data-channel message accepted.
     pub max_message_bytes: usize,
-    /// Packets each outgoing video stream keeps for retransmission on NACK.
+    /// Packets kept for retransmission on NACK: per published track (own send path), and per
+    /// outgoing video stream that str0m sends.
     pub rtx_cache_packets: usize,
     /// Bandwidth estimate a subscriber starts from, before TWCC feedback arrives.
     pub initial_estimate_bps: u64,
@@ -259,6 +268,16 @@ pub struct SfuStats {
     /// Packets a subscriber could not take (no common codec).
     pub codec_mismatch: u64,
     pub stalls: u64,
+    /// RTP forwarded on the SFU's own send path (part of `forwarded`).
+    pub forwarded_direct: u64,
+    /// Lost packets subscribers reported in NACKs (own send path).
+    pub nacked: u64,
+    /// Packets resent from a track's packet cache for NACKs.
+    pub retransmitted: u64,
+    /// NACKed packets no longer (or never) in the cache.
+    pub nack_misses: u64,
+    /// SRTCP from subscribers that failed authentication, and SRTP set-up or sealing failures.
+    pub srtp_errors: u64,
 }
 
 struct Outputs {
@@ -292,6 +311,10 @@ const HOUSEKEEPING: Duration = Duration::from_millis(100);
 const MAX_EVENTS_PER_INPUT: usize = 100_000;
 /// Source addresses remembered per session.
 const MAX_ADDRS: usize = 8;
+/// str0m's default sender/receiver report interval, for sessions str0m reports for.
+const STR0M_REPORTS: Duration = Duration::from_secs(1);
+/// "Never", for sessions whose reports the SFU sends itself.
+const NO_STR0M_REPORTS: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub struct Sfu {
     cfg: SfuConfig,
@@ -310,6 +333,10 @@ pub struct Sfu {
     first_media: Vec<Duration>,
     /// Source addresses of sessions that left, drained by the driver (its routing table).
     departed_addrs: Vec<SocketAddr>,
+    /// NTP time for sender reports.
+    clock: WallClock,
+    /// Scratch for the NACKs of one RTCP packet.
+    lost: Vec<(u32, u16)>,
 }
 
 impl Sfu {
@@ -343,6 +370,8 @@ impl Sfu {
             next_window: now + RATE_WINDOW,
             first_media: Vec::new(),
             departed_addrs: Vec::new(),
+            clock: WallClock::new(now),
+            lost: Vec::new(),
         })
     }
 
@@ -392,6 +421,14 @@ impl Sfu {
         self.next_id += 1;
         let id = ParticipantId(self.next_id);
         let creds = IceCreds::new();
+        // Subscribe-only sessions take the SFU's own send path, which also sends their
+        // sender reports: str0m's would say nothing was sent.
+        let direct_mode = req.role != Role::Device;
+        let report_interval = if direct_mode {
+            NO_STR0M_REPORTS
+        } else {
+            STR0M_REPORTS
+        };
         let mut rtc = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
@@ -401,6 +438,8 @@ impl Sfu {
             .enable_bwe(Some(Bitrate::bps(self.cfg.initial_estimate_bps)))
             .set_send_buffer_video(self.cfg.rtx_cache_packets)
             .set_stats_interval(None)
+            .set_rtcp_report_interval_audio(report_interval)
+            .set_rtcp_report_interval_video(report_interval)
             .build(now);
         for addr in &self.cfg.udp_candidates {
             if let Ok(c) = Candidate::host(*addr, "udp") {
@@ -439,6 +478,9 @@ impl Sfu {
             resume_from: req.resume_from,
             estimate_bps: None,
             first_media_sent: false,
+            direct_mode,
+            direct: None,
+            path: None,
         };
         self.by_ufrag.insert(creds.ufrag, id);
         let info = ParticipantInfo {
@@ -832,9 +874,14 @@ impl Sfu {
                 contents: datagram,
             },
         );
+        dtls::clear_exported();
         if p.rtc.handle_input(input).is_err() {
             // A bad datagram is dropped; it never ends the session (it could be spoofed).
             self.stats.rtc_input_errors += 1;
+        }
+        self.install_keys(id, now);
+        if direct::is_rtcp(contents) {
+            self.serve_nacks(id, (proto, destination, source), contents, now);
         }
         self.drive(id, now);
         true
@@ -861,9 +908,11 @@ impl Sfu {
             }
             p.scheduled = None;
             if p.timeout <= now {
+                dtls::clear_exported();
                 if p.rtc.handle_input(Input::Timeout(now)).is_err() {
                     self.stats.rtc_input_errors += 1;
                 }
+                self.install_keys(id, now);
                 self.drive(id, now);
             } else {
                 let t = p.timeout;
@@ -975,6 +1024,165 @@ impl Sfu {
             self.disconnect(id, "webrtc_failed");
         }
         self.process_events(now);
+    }
+
+    /// Takes the SRTP keys of a DTLS handshake that just completed in session `id` (see
+    /// [`dtls::take_exported`]) and sets up its own send path, if it is a direct-mode session.
+    fn install_keys(&mut self, id: ParticipantId, now: Instant) {
+        let Some(x) = dtls::take_exported() else {
+            return;
+        };
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        if !p.direct_mode {
+            return;
+        }
+        let session = srtp::Profile::from_str0m(x.profile)
+            .ok_or(srtp::SrtpError::Key)
+            .and_then(|profile| srtp::split_material(&x.material, profile, x.we_are_client))
+            .and_then(|(ours, theirs)| {
+                Ok(DirectSession {
+                    tx: srtp::SrtpTx::new(&ours, direct::FIRST_SRTCP_INDEX)?,
+                    rx: srtp::SrtcpRx::new(&theirs)?,
+                    next_sr: now + direct::SR_INTERVAL,
+                })
+            });
+        match session {
+            Ok(d) => p.direct = Some(d),
+            Err(_) => self.stats.srtp_errors += 1,
+        }
+    }
+
+    /// Answers a direct-mode subscriber's NACKs from the tracks' packet caches (as RTX when
+    /// negotiated). `path` is where the datagram came from, as (protocol, our address, peer).
+    fn serve_nacks(
+        &mut self,
+        id: ParticipantId,
+        path: (Protocol, SocketAddr, SocketAddr),
+        srtcp: &[u8],
+        now: Instant,
+    ) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        let Some(d) = p.direct.as_ref() else {
+            return;
+        };
+        let Ok(rtcp) = d.rx.unprotect_rtcp(srtcp) else {
+            self.stats.srtp_errors += 1;
+            return;
+        };
+        // Authentic: the peer sends from the selected pair.
+        p.path = Some(path);
+        let (proto, source, destination) = path;
+        self.lost.clear();
+        direct::nacks(&rtcp, &mut self.lost);
+        for &(ssrc, seq) in &self.lost {
+            self.stats.nacked += 1;
+            let Some(sub) = p
+                .subs
+                .values_mut()
+                .find(|s| s.out.as_ref().is_some_and(|o| o.ssrc == ssrc))
+            else {
+                continue;
+            };
+            let Some(out_seq) = sub.rewrite.last_out_seq() else {
+                continue;
+            };
+            let out_seq = direct::extend_seq(seq, out_seq);
+            let cached = sub.rewrite.unmap(out_seq).and_then(|(src, ts_offset)| {
+                let c = self.tracks.get(&sub.track)?.cache.as_ref()?.get(src)?;
+                Some((c, ts_offset))
+            });
+            let (Some((c, ts_offset)), Some(o)) = (cached, sub.out.as_mut()) else {
+                self.stats.nack_misses += 1;
+                continue;
+            };
+            let pt = sub
+                .pt_map
+                .iter()
+                .find(|(from, _)| **from == c.pt)
+                .and_then(|(_, to)| *to);
+            let Some(pt) = pt else {
+                self.stats.nack_misses += 1;
+                continue;
+            };
+            let rtx_pt = p
+                .rtc
+                .codec_config()
+                .params()
+                .iter()
+                .find(|c| c.pt() == pt)
+                .and_then(|c| c.resend());
+            let ts = c.timestamp.wrapping_add(ts_offset);
+            let mut buf = Vec::new();
+            let sealed = match (o.rtx_ssrc, rtx_pt) {
+                (Some(rtx_ssrc), Some(rtx_pt)) => {
+                    let index = o.rtx_seq;
+                    o.rtx_seq += 1;
+                    // RFC 4588: the original sequence number, then the original payload.
+                    let osn = (out_seq as u16).to_be_bytes();
+                    d.tx.protect_rtp(
+                        &mut buf, *rtx_pt, c.marker, index, ts, rtx_ssrc, &osn, &c.payload,
+                    )
+                }
+                _ => d.tx.protect_rtp(
+                    &mut buf,
+                    *pt,
+                    c.marker,
+                    out_seq,
+                    ts,
+                    o.ssrc,
+                    &[],
+                    &c.payload,
+                ),
+            };
+            if sealed.is_err() {
+                self.stats.srtp_errors += 1;
+                continue;
+            }
+            self.stats.retransmitted += 1;
+            self.out.transmits.push_back(Transmit {
+                proto,
+                source,
+                destination,
+                contents: buf.into(),
+            });
+        }
+        let _ = now;
+    }
+
+    /// Sender reports for direct-mode sessions, every [`direct::SR_INTERVAL`].
+    fn send_reports(&mut self, now: Instant) {
+        let ntp = self.clock.ntp(now);
+        for p in self.participants.values_mut() {
+            let (Some(d), Some((proto, source, destination))) = (p.direct.as_mut(), p.path) else {
+                continue;
+            };
+            if now < d.next_sr {
+                continue;
+            }
+            d.next_sr = now + direct::SR_INTERVAL;
+            let mut rtcp = Vec::new();
+            for sub in p.subs.values() {
+                if let Some(o) = sub.out.as_ref().filter(|o| o.sr.last.is_some()) {
+                    direct::push_sr(&mut rtcp, o.ssrc, &o.sr, o.clock_rate, ntp, now);
+                }
+            }
+            if rtcp.is_empty() {
+                continue;
+            }
+            match d.tx.protect_rtcp(&rtcp) {
+                Ok(b) => self.out.transmits.push_back(Transmit {
+                    proto,
+                    source,
+                    destination,
+                    contents: b.into(),
+                }),
+                Err(_) => self.stats.srtp_errors += 1,
+            }
+        }
     }
 
     fn disconnect(&mut self, id: ParticipantId, reason: &str) {
@@ -1328,6 +1536,7 @@ impl Sfu {
         let track_name = t.id.clone();
         let mut keyframe: Option<bool> = None;
         let mut stale: Vec<(ParticipantId, Mid)> = Vec::new();
+        let mut any_direct = false;
         for &(sid, smid) in &subscribers {
             let Some(sp) = self.participants.get_mut(&sid) else {
                 stale.push((sid, smid));
@@ -1337,6 +1546,11 @@ impl Sfu {
                 stale.push((sid, smid));
                 continue;
             };
+            let direct = sp.direct_mode && !is_simulcast;
+            if direct && (sp.direct.is_none() || sp.path.is_none()) {
+                // DTLS not done yet: nothing can be sent, and a keyframe must not be spent.
+                continue;
+            }
             if sub.current != Some(rid) {
                 if sub.target != rid {
                     continue;
@@ -1378,6 +1592,58 @@ impl Sfu {
                 self.stats.codec_mismatch += 1;
                 continue;
             };
+            if sp.direct_mode && sub.out.is_none() {
+                let mut api = sp.rtc.direct_api();
+                if let Some(tx) = api.stream_tx_by_mid(smid, None) {
+                    sub.out = Some(OutStream {
+                        ssrc: *tx.ssrc(),
+                        rtx_ssrc: tx.rtx().map(|r| *r),
+                        rtx_seq: 1,
+                        clock_rate,
+                        sr: Default::default(),
+                    });
+                }
+            }
+            if let Some(o) = sub.out.as_mut() {
+                o.sr.on_sent(ts, pkt.payload.len(), now);
+            }
+            if direct {
+                let (Some(d), Some((proto, source, destination)), Some(o)) =
+                    (sp.direct.as_ref(), sp.path, sub.out.as_ref())
+                else {
+                    continue;
+                };
+                let mut buf = Vec::new();
+                let sealed = d.tx.protect_rtp(
+                    &mut buf,
+                    *pt,
+                    pkt.header.marker,
+                    seq,
+                    ts,
+                    o.ssrc,
+                    &[],
+                    &pkt.payload,
+                );
+                if sealed.is_err() {
+                    self.stats.srtp_errors += 1;
+                    continue;
+                }
+                any_direct = true;
+                self.out.transmits.push_back(Transmit {
+                    proto,
+                    source,
+                    destination,
+                    contents: buf.into(),
+                });
+                self.stats.forwarded += 1;
+                self.stats.forwarded_direct += 1;
+                if !sp.first_media_sent && codec.is_video() {
+                    sp.first_media_sent = true;
+                    self.first_media
+                        .push(now.saturating_duration_since(sp.joined_at));
+                }
+                continue;
+            }
             let ext = str0m::rtp::ExtensionValues {
                 audio_level: pkt.header.ext_vals.audio_level,
                 voice_activity: pkt.header.ext_vals.voice_activity,
@@ -1405,6 +1671,18 @@ impl Sfu {
             }
         }
         if let Some(t) = self.tracks.get_mut(&track_name) {
+            if any_direct {
+                let capacity = self.cfg.rtx_cache_packets;
+                t.cache
+                    .get_or_insert_with(|| PacketCache::new(capacity))
+                    .insert(Cached {
+                        seq: *pkt.seq_no,
+                        timestamp: pkt.header.timestamp,
+                        pt: *pub_params.pt(),
+                        marker: pkt.header.marker,
+                        payload: pkt.payload,
+                    });
+            }
             let mut subs = subscribers;
             subs.retain(|s| !stale.contains(s));
             // Subscriptions added while forwarding (none today) are kept.
@@ -1682,6 +1960,7 @@ impl Sfu {
         for (owner, mid, layers) in due {
             self.send_keyframe_requests(owner, mid, layers, now);
         }
+        self.send_reports(now);
         if now < self.next_window {
             return;
         }
@@ -1757,7 +2036,13 @@ fn drain(p: &mut Participant, out: &mut Outputs, now: Instant) -> Result<(), Rtc
                 }
                 return Ok(());
             }
-            Output::Transmit(t) => out.transmits.push_back(t),
+            Output::Transmit(t) => {
+                // Not STUN (which str0m answers on every candidate pair): the selected pair.
+                if t.contents.first().is_some_and(|b| *b > 3) {
+                    p.path = Some((t.proto, t.source, t.destination));
+                }
+                out.transmits.push_back(t)
+            }
             Output::Event(e) => out.events.push_back((p.id, e)),
         }
     }

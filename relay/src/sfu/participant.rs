@@ -8,7 +8,10 @@ use std::time::Instant;
 
 use str0m::channel::ChannelId;
 use str0m::media::{Mid, Pt, Rid};
+use str0m::net::Protocol;
 use str0m::Rtc;
+
+use super::direct::{DirectSession, SrState};
 
 use super::layer::LayerPrefs;
 use super::{ParticipantId, Role};
@@ -61,6 +64,13 @@ pub struct Participant {
     pub estimate_bps: Option<u64>,
     /// Whether the first media packet has been sent to this session (join-to-first-frame).
     pub first_media_sent: bool,
+    /// A subscribe-only session: its non-simulcast media and all its sender reports go through
+    /// the SFU's own send path (`direct.rs`) once `direct` has its keys.
+    pub direct_mode: bool,
+    pub direct: Option<DirectSession>,
+    /// (protocol, our address, the peer's) of the pair str0m last sent DTLS/SCTP/RTCP on, or
+    /// the peer last sent authenticated RTCP from: the selected ICE pair.
+    pub path: Option<(Protocol, SocketAddr, SocketAddr)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -88,6 +98,20 @@ pub struct Subscription {
     pub rewrite: Rewriter,
     /// Publisher payload type → ours, learned on the first packet of each.
     pub pt_map: Vec<(Pt, Option<Pt>)>,
+    /// The outgoing stream, for direct sending and sender reports (direct-mode sessions).
+    pub out: Option<OutStream>,
+}
+
+/// A subscription's outgoing stream as the SFU's own send path sees it.
+#[derive(Debug, Clone)]
+pub struct OutStream {
+    pub ssrc: u32,
+    /// RTX SSRC, when the subscriber negotiated retransmissions.
+    pub rtx_ssrc: Option<u32>,
+    /// The next RTX sequence number (extended).
+    pub rtx_seq: u64,
+    pub clock_rate: u32,
+    pub sr: SrState,
 }
 
 impl Subscription {
@@ -99,6 +123,7 @@ impl Subscription {
             target: None,
             rewrite: Rewriter::default(),
             pt_map: Vec::new(),
+            out: None,
         }
     }
 }
@@ -142,6 +167,19 @@ impl Rewriter {
 
     /// The outgoing (sequence number, timestamp) for a packet of the current source, or
     /// `None` for a packet from before the switch.
+    /// For a NACKed output sequence number (extended): the source sequence number and the
+    /// timestamp offset it was sent with; none for packets from before the last switch or
+    /// never sent.
+    pub fn unmap(&self, out_seq: u64) -> Option<(u64, u32)> {
+        let seq = out_seq.wrapping_sub(self.seq_offset);
+        let sent = self.last_out_seq.is_some_and(|l| out_seq <= l);
+        (sent && seq >= self.switch_seq).then_some((seq, self.ts_offset))
+    }
+
+    pub fn last_out_seq(&self) -> Option<u64> {
+        self.last_out_seq
+    }
+
     pub fn map(&mut self, seq: u64, ts: u32, now: Instant) -> Option<(u64, u32)> {
         if seq < self.switch_seq {
             return None;

@@ -28,6 +28,9 @@ struct Net {
     now: Instant,
     sfu: Sfu,
     clients: Vec<Client>,
+    /// Drops the SFU's RTP datagrams to this address whose RTP sequence number is listed
+    /// (once each).
+    lose: Option<(SocketAddr, Vec<u16>)>,
 }
 
 impl Net {
@@ -41,6 +44,7 @@ impl Net {
             now,
             sfu: Sfu::new(cfg, 0, now).unwrap(),
             clients: Vec::new(),
+            lose: None,
         }
     }
 
@@ -51,10 +55,21 @@ impl Net {
         identity: &str,
         setup: impl FnOnce(&mut str0m::change::SdpApi) -> Vec<Mid>,
     ) -> (usize, Vec<Mid>) {
+        self.join_with(Rtc::builder(), role, identity, setup)
+    }
+
+    /// As `join`, with the client's `Rtc` built from `config`.
+    fn join_with(
+        &mut self,
+        config: str0m::RtcConfig,
+        role: Role,
+        identity: &str,
+        setup: impl FnOnce(&mut str0m::change::SdpApi) -> Vec<Mid>,
+    ) -> (usize, Vec<Mid>) {
         let addr: SocketAddr = format!("10.0.1.{}:5000", self.clients.len() + 1)
             .parse()
             .unwrap();
-        let mut rtc = Rtc::builder().set_rtp_mode(true).build(self.now);
+        let mut rtc = config.set_rtp_mode(true).build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         self.attach(rtc, addr, role, identity, None, setup)
     }
@@ -137,6 +152,17 @@ impl Net {
             }
             while let Some(t) = self.sfu.poll_transmit() {
                 moved = true;
+                if let Some((to, seqs)) = &mut self.lose {
+                    let c = &t.contents;
+                    let rtp = c.len() > 12 && c[0] >> 6 == 2 && !(192..=223).contains(&c[1]);
+                    if *to == t.destination && rtp {
+                        let seq = u16::from_be_bytes([c[2], c[3]]);
+                        if let Some(i) = seqs.iter().position(|s| *s == seq) {
+                            seqs.remove(i);
+                            continue;
+                        }
+                    }
+                }
                 if let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.destination) {
                     let input = Input::Receive(
                         self.now,
@@ -296,7 +322,16 @@ fn device(net: &mut Net) -> (usize, Mid, String) {
 }
 
 fn player(net: &mut Net, identity: &str, track: &str) -> (usize, Mid) {
-    let (c, mids) = net.join(Role::Player, identity, |api| {
+    player_with(net, Rtc::builder(), identity, track)
+}
+
+fn player_with(
+    net: &mut Net,
+    config: str0m::RtcConfig,
+    identity: &str,
+    track: &str,
+) -> (usize, Mid) {
+    let (c, mids) = net.join_with(config, Role::Player, identity, |api| {
         controls(api);
         vec![api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None)]
     });
@@ -361,6 +396,8 @@ fn forwards_rtp_payloads_intact_from_a_keyframe_on() {
         .collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
     assert!(net.sfu.stats().forwarded >= sent.len() as u64);
+    // A player's non-simulcast media goes through the SFU's own send path.
+    assert_eq!(net.sfu.stats().forwarded_direct, net.sfu.stats().forwarded);
     let devices = net.sfu.devices(net.now);
     assert_eq!(devices.len(), 1);
     assert!(devices[0].live);
@@ -607,6 +644,7 @@ fn ice_tcp_candidates_connect_when_udp_is_blocked() {
         now,
         sfu: Sfu::new(cfg, 0, now).unwrap(),
         clients: Vec::new(),
+        lose: None,
     };
     // A client that can only make outgoing TCP connections (an active TCP candidate).
     let addr: SocketAddr = "10.0.1.9:40000".parse().unwrap();
@@ -974,4 +1012,102 @@ fn simulcast_layer_follows_preference_switching_at_a_keyframe() {
         "{seqs_out:?}"
     );
     assert!(net.sfu.stats().layer_switches >= 1);
+}
+
+/// The SFU's own send path against str0m receivers for each SRTP profile: payloads intact,
+/// lost packets resent from the track's cache as RTX after the receiver's NACK, and sender
+/// reports carrying the stream's RTP clock.
+#[test]
+fn direct_path_serves_nacks_from_the_track_cache_and_sends_sender_reports() {
+    let profiles: [(&'static std::ffi::CStr, Option<srtp::Profile>); 4] = [
+        (
+            c"SRTP_AES128_CM_SHA1_80",
+            Some(srtp::Profile::Aes128CmSha1_80),
+        ),
+        (c"SRTP_AEAD_AES_128_GCM", Some(srtp::Profile::AeadAes128Gcm)),
+        (c"SRTP_AEAD_AES_256_GCM", Some(srtp::Profile::AeadAes256Gcm)),
+        // str0m's own DTLS on the client, as in the other tests.
+        (c"", None),
+    ];
+    for (list, profile) in profiles {
+        let mut net = Net::new();
+        let (d, mid, track) = device(&mut net);
+        let config = match profile {
+            Some(_) => {
+                Rtc::builder().set_crypto_provider(dtls::crypto_provider_with_srtp_profiles(list))
+            }
+            None => Rtc::builder(),
+        };
+        let (p, _) = player_with(&mut net, config, "alice", &track);
+        let pid = net.clients[p].id;
+        let chosen = net.sfu.participants[&pid]
+            .direct
+            .as_ref()
+            .map(|d| d.tx.profile());
+        if profile.is_some() {
+            assert_eq!(chosen, profile, "{list:?}");
+        } else {
+            assert!(chosen.is_some(), "str0m's DTLS: keys installed");
+        }
+        // Output sequence numbers start at 1 with the keyframe: lose the 3rd, 7th and 8th.
+        net.lose = Some((net.clients[p].addr, vec![3, 7, 8]));
+        let mut sent = Vec::new();
+        for seq in 1..60 {
+            sent.push(net.send_vp8(d, mid, seq, seq == 1));
+            net.tick(Duration::from_millis(20));
+        }
+        net.run_until(Duration::from_secs(2), |n| {
+            n.received_payloads(p).len() >= sent.len()
+        });
+        let got = net.received_payloads(p);
+        let missing: Vec<usize> = (0..sent.len())
+            .filter(|i| !got.contains(&sent[*i]))
+            .collect();
+        assert!(missing.is_empty(), "{list:?}: missing {missing:?}");
+        assert_eq!(
+            net.lose.as_ref().map(|l| l.1.len()),
+            Some(0),
+            "all three were lost"
+        );
+        let stats = net.sfu.stats();
+        assert!(stats.nacked >= 3, "{list:?}: {stats:?}");
+        assert!(stats.retransmitted >= 3, "{list:?}: {stats:?}");
+        assert_eq!(stats.srtp_errors, 0);
+        // Resent as RTX: the subscriber negotiated it, and RTX sequence numbers were used.
+        let out = net.sfu.participants[&pid]
+            .subs
+            .values()
+            .next()
+            .unwrap()
+            .out
+            .clone();
+        assert!(
+            out.as_ref()
+                .is_some_and(|o| o.rtx_ssrc.is_some() && o.rtx_seq > 3),
+            "{out:?}"
+        );
+        // Sender reports: the receiver's latest packets carry our SR, whose RTP time is on
+        // the stream's clock (3000 ticks per 20 ms packet here, 90 kHz).
+        let info = net.clients[p].events.iter().rev().find_map(|e| match e {
+            Event::RtpPacket(p) => p.last_sender_info,
+            _ => None,
+        });
+        let info = info.unwrap_or_else(|| panic!("{list:?}: no sender report reached the player"));
+        assert!(info.sender_packet_count >= 50, "{info:?}");
+        assert!(info.sender_octet_count >= 50 * 100, "{info:?}");
+        let last_ts = net.clients[p]
+            .events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::RtpPacket(p) => Some(p.header.timestamp),
+                _ => None,
+            })
+            .unwrap();
+        let sr_ts = info.rtp_time.numer() as u32;
+        assert!(
+            last_ts.wrapping_sub(sr_ts) < 200_000 || sr_ts.wrapping_sub(last_ts) < 200_000,
+            "{sr_ts} vs {last_ts}"
+        );
+    }
 }

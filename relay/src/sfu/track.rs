@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use str0m::format::Codec;
 use str0m::media::{MediaKind, Mid, Rid};
 
+use super::direct::PacketCache;
 use super::layer::LayerView;
 use super::ParticipantId;
 
@@ -57,6 +58,8 @@ pub struct Track {
     pub created: Instant,
     pub packets: u64,
     pub bytes: u64,
+    /// Recent packets for subscribers' NACKs, once a direct-path subscriber takes the track.
+    pub cache: Option<PacketCache>,
 }
 
 impl Track {
@@ -89,6 +92,7 @@ impl Track {
             created: now,
             packets: 0,
             bytes: 0,
+            cache: None,
         }
     }
 
