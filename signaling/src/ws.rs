@@ -160,16 +160,19 @@ pub async fn session(
         return close_with(&mut socket, close::GOING_AWAY, "the node is stopping").await;
     };
     tracing::debug!(%peer, room = %claims.room, identity = %claims.sub, role = role.as_str(), "joined");
+    // Built and dropped before the session's loop: the room snapshot is only for this
+    // message, and a session lives for hours.
     let joined = json!({
         "type": "joined", "req": req, "v": protocol::VERSION,
         "participant": session.id.to_string(), "identity": claims.sub, "role": role.as_str(),
         "room": claims.room, "expires": claims.exp,
         "ice_servers": st.ice.for_session(&claims.sub, now, claims.exp, host.as_deref()),
         "last_seq": session.last_seq,
-        "participants": session.participants.iter().map(protocol::participant_json).collect::<Vec<_>>(),
-        "tracks": session.tracks.iter().map(protocol::track_json).collect::<Vec<_>>(),
-    });
-    if !send(&mut socket, joined.to_string()).await {
+        "participants": std::mem::take(&mut session.participants).iter().map(protocol::participant_json).collect::<Vec<_>>(),
+        "tracks": std::mem::take(&mut session.tracks).iter().map(protocol::track_json).collect::<Vec<_>>(),
+    })
+    .to_string();
+    if !send(&mut socket, joined).await {
         return;
     }
 

@@ -106,6 +106,9 @@ impl Bound {
     }
 }
 
+/// How often the metrics recorder folds histogram samples into buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 /// Runs a node until it is told to stop (SIGTERM/SIGINT), then drains and returns.
 pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -298,6 +301,17 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
         tokio::spawn(async move {
             if let Err(e) = axum::serve(admin_listener, app).await {
                 tracing::error!("admin listener failed: {e}");
+            }
+        });
+        // Histogram samples pile up in the recorder until upkeep folds them into buckets (a
+        // scrape does it too, but nothing guarantees one).
+        let upkeep = prometheus.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(METRICS_UPKEEP);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                upkeep.run_upkeep();
             }
         });
         let services = match attach {

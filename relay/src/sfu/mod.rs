@@ -192,7 +192,7 @@ pub enum Notice {
         id: String,
         identity: String,
     },
-    TrackPublished(TrackInfo),
+    TrackPublished(Box<TrackInfo>),
     TrackUnpublished {
         track: String,
     },
@@ -609,7 +609,7 @@ impl Sfu {
             if let Some(t) = self.tracks.get_mut(&track_id) {
                 apply_meta(t, name, &layers);
                 let info = track_info(t, &identity);
-                self.notify_room(&room, Some(id), Notice::TrackPublished(info));
+                self.notify_room(&room, Some(id), Notice::TrackPublished(Box::new(info)));
             }
         } else {
             p.publish_meta.insert(mid, PublishMeta { name, layers });
@@ -1328,7 +1328,7 @@ impl Sfu {
                         mid: mid.to_string(),
                     },
                 ));
-                self.notify_room(&room, Some(id), Notice::TrackPublished(info));
+                self.notify_room(&room, Some(id), Notice::TrackPublished(Box::new(info)));
             }
         } else if !direction.is_receiving() {
             if let Some(track) = published {
