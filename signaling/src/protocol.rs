@@ -293,7 +293,7 @@ pub fn notice_json(n: &Notice) -> Value {
         Notice::ParticipantLeft { id, identity } => {
             json!({"type": "participant_left", "id": id, "identity": identity})
         }
-        Notice::TrackPublished(t) => json!({"type": "track_published", "track": track_json(&**t)}),
+        Notice::TrackPublished(t) => json!({"type": "track_published", "track": track_json(t)}),
         Notice::TrackUnpublished { track } => json!({"type": "track_unpublished", "track": track}),
         Notice::TrackMuted { track, muted } => {
             json!({"type": "track_muted", "track": track, "muted": muted})
