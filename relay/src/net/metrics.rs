@@ -268,6 +268,11 @@ impl SfuExport {
             l.forwarded_direct,
         );
         c("meridian_sfu_nacked_packets_total", s.nacked, l.nacked);
+        c(
+            "meridian_sfu_session_wakes_total",
+            s.session_wakes,
+            l.session_wakes,
+        );
         counter!("meridian_sfu_retransmissions_total", "result" => "sent")
             .increment(s.retransmitted - l.retransmitted);
         counter!("meridian_sfu_retransmissions_total", "result" => "not_cached")
@@ -353,6 +358,10 @@ fn describe_sfu() {
     describe_counter!(
         "meridian_sfu_forwarded_direct_total",
         "RTP packets forwarded on the SFU's own SRTP send path (players' and viewers' non-simulcast media; part of meridian_sfu_forwarded_rtp_total)"
+    );
+    describe_counter!(
+        "meridian_sfu_session_wakes_total",
+        "WebRTC sessions woken by their own timers (a cost per session, independent of media)"
     );
     describe_counter!(
         "meridian_sfu_nacked_packets_total",

@@ -44,7 +44,7 @@ use str0m::config::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::rtp::{RtpPacket, RtpWrite, SeqNo};
-use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcError};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Reason, Rtc, RtcError};
 
 pub use str0m::net::{Protocol, Transmit};
 
@@ -278,6 +278,8 @@ pub struct SfuStats {
     pub nack_misses: u64,
     /// SRTCP from subscribers that failed authentication, and SRTP set-up or sealing failures.
     pub srtp_errors: u64,
+    /// Sessions woken by their own timers.
+    pub session_wakes: u64,
 }
 
 struct Outputs {
@@ -908,6 +910,7 @@ impl Sfu {
             }
             p.scheduled = None;
             if p.timeout <= now {
+                self.stats.session_wakes += 1;
                 dtls::clear_exported();
                 if p.rtc.handle_input(Input::Timeout(now)).is_err() {
                     self.stats.rtc_input_errors += 1;
@@ -1644,6 +1647,7 @@ impl Sfu {
                 }
                 continue;
             }
+            sub.via_str0m = true;
             let ext = str0m::rtp::ExtensionValues {
                 audio_level: pkt.header.ext_vals.audio_level,
                 voice_activity: pkt.header.ext_vals.voice_activity,
@@ -2029,6 +2033,14 @@ fn drain(p: &mut Participant, out: &mut Outputs, now: Instant) -> Result<(), Rtc
                 p.rtc.handle_input(Input::Timeout(now))?;
             }
             Output::Timeout(t) => {
+                // Bandwidth estimation and pacing have nothing to do in a session whose media
+                // str0m does not send, yet ask to run every few tens of milliseconds: a
+                // hundred players would cost thousands of wake-ups a second.
+                let t = if is_bwe_or_pacing(p.rtc.last_timeout_reason()) && !p.str0m_sends_media() {
+                    t.max(now + QUIET_BWE_TICK)
+                } else {
+                    t
+                };
                 p.timeout = t;
                 if p.scheduled.is_none_or(|s| t < s) {
                     p.scheduled = Some(t);
@@ -2046,6 +2058,20 @@ fn drain(p: &mut Participant, out: &mut Outputs, now: Instant) -> Result<(), Rtc
             Output::Event(e) => out.events.push_back((p.id, e)),
         }
     }
+}
+
+/// How often a session whose media str0m does not send runs str0m's bandwidth estimation and
+/// pacer timers.
+const QUIET_BWE_TICK: Duration = Duration::from_millis(500);
+
+fn is_bwe_or_pacing(r: Reason) -> bool {
+    matches!(
+        r,
+        Reason::BweDelayControl
+            | Reason::BweProbeControl
+            | Reason::BweProbeEstimator
+            | Reason::Pacer(_)
+    )
 }
 
 #[derive(serde::Deserialize)]

@@ -80,6 +80,13 @@ pub struct PublishMeta {
 }
 
 impl Participant {
+    /// Whether str0m sends (or may soon send) this session's media: then its bandwidth
+    /// estimation and pacing matter. Not for a direct-mode session whose subscriptions all
+    /// take the SFU's own path.
+    pub fn str0m_sends_media(&self) -> bool {
+        !self.direct_mode || self.direct.is_none() || self.subs.values().any(|s| s.via_str0m)
+    }
+
     pub fn channel_for(&self, role: ChannelRole) -> Option<ChannelId> {
         self.channels
             .iter()
@@ -100,6 +107,8 @@ pub struct Subscription {
     pub pt_map: Vec<(Pt, Option<Pt>)>,
     /// The outgoing stream, for direct sending and sender reports (direct-mode sessions).
     pub out: Option<OutStream>,
+    /// Media for this subscription has been written to str0m (not the SFU's own path).
+    pub via_str0m: bool,
 }
 
 /// A subscription's outgoing stream as the SFU's own send path sees it.
@@ -124,6 +133,7 @@ impl Subscription {
             rewrite: Rewriter::default(),
             pt_map: Vec::new(),
             out: None,
+            via_str0m: false,
         }
     }
 }

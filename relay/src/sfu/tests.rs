@@ -1111,3 +1111,33 @@ fn direct_path_serves_nacks_from_the_track_cache_and_sends_sender_reports() {
         );
     }
 }
+
+/// A player whose media all takes the SFU's own path does not run str0m's bandwidth
+/// estimation every few tens of milliseconds (it would cost a wake-up per player that often).
+#[test]
+fn direct_path_players_do_not_wake_for_idle_bandwidth_estimation() {
+    let wakes_with = |players: usize| {
+        let mut net = Net::new();
+        let (d, mid, track) = device(&mut net);
+        for i in 0..players {
+            player(&mut net, &format!("p{i}"), &track);
+        }
+        net.send_vp8(d, mid, 1, true);
+        net.run_until(Duration::from_secs(1), |_| false);
+        let before = net.sfu.stats().session_wakes;
+        for seq in 2..302 {
+            net.send_vp8(d, mid, seq, false);
+            net.tick(Duration::from_millis(10));
+        }
+        assert!(net.sfu.stats().forwarded_direct >= 300 * players as u64);
+        net.sfu.stats().session_wakes - before
+    };
+    let one = wakes_with(1);
+    let six = wakes_with(6);
+    // Three seconds, five more players: at most a couple of wake-ups a second each.
+    let per_player_second = (six.saturating_sub(one)) as f64 / 5.0 / 3.0;
+    assert!(
+        per_player_second <= 3.0,
+        "{one} vs {six}: {per_player_second}/s per player"
+    );
+}
