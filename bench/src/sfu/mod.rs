@@ -83,7 +83,13 @@ pub struct SfuReport {
     pub cpu_ns_per_packet: Option<f64>,
     pub rss_mib: Option<f64>,
     pub idle_rss_mib: Option<f64>,
+    /// (RSS under load − idle RSS) / sessions: includes what the node allocates once traffic
+    /// flows (socket buffers, runtime), whatever the number of subscribers.
     pub rss_kib_per_subscriber: Option<f64>,
+    /// RSS growth per subscriber added after the window (a batch of `added_subscribers` per
+    /// room, receiving media): the marginal cost of one more subscriber.
+    pub rss_kib_per_added_subscriber: Option<f64>,
+    pub added_subscribers: usize,
     pub failed_clients: usize,
 }
 
@@ -162,7 +168,7 @@ fn sfu_latency(r: &SfuReport) -> String {
 
 pub fn markdown(reports: &[SfuReport]) -> String {
     let mut s = String::from(
-        "| target | rooms×pub×sub | kbps | delivered pkt/s | loss % | latency p50/p99/p999 ms | in the SFU p50/p99/p999 ms | join→first frame p50/p99 ms | CPU/pkt ns | RSS MiB (idle) | KiB/subscriber |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| target | rooms×pub×sub | kbps | delivered pkt/s | loss % | latency p50/p99/p999 ms | in the SFU p50/p99/p999 ms | join→first frame p50/p99 ms | CPU/pkt ns | RSS MiB (idle) | KiB/subscriber (all / added) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
         s.push_str(&format!(
@@ -188,8 +194,11 @@ pub fn markdown(reports: &[SfuReport]) -> String {
                 (Some(a), Some(b)) => format!("{a:.1} ({b:.1})"),
                 _ => "-".into(),
             },
-            r.rss_kib_per_subscriber
-                .map_or("-".into(), |k| format!("{k:.0}")),
+            match (r.rss_kib_per_subscriber, r.rss_kib_per_added_subscriber) {
+                (Some(a), Some(b)) => format!("{a:.0} / {b:.0}"),
+                (Some(a), None) => format!("{a:.0}"),
+                _ => "-".into(),
+            },
         ));
     }
     let floor = reports.iter().find(|r| r.target == "floor");
@@ -373,6 +382,27 @@ async fn run_meridian(args: &SfuArgs) -> anyhow::Result<SfuReport> {
         Some(a) => forward_buckets(a).await,
         None => None,
     };
+    // The marginal memory of a subscriber: a further batch joins, starts receiving, and the
+    // RSS growth is divided by its size (fixed costs that appear with traffic are already in).
+    let added = (args.subscribers / 5).max(10);
+    let mut extra = Vec::new();
+    for (r, track) in tracks.iter().enumerate() {
+        for s in 0..added {
+            let token = mint(&format!("add-{r}-{s}"), &format!("room-{r}"), Role::Viewer)?;
+            extra.push(tokio::spawn(peer::subscriber(
+                base.clone(),
+                token,
+                node.sfu,
+                track.clone(),
+                shared.clone(),
+            )));
+            if s % 20 == 19 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let added_rss = proc_.rss_kib().map(|(_, cur)| cur);
     shared.stop.store(true, Ordering::Relaxed);
     let mut latency = Histogram::<u64>::new_with_bounds(1_000, 10_000_000_000, 3)?;
     let mut jtff = Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3)?;
@@ -387,6 +417,13 @@ async fn run_meridian(args: &SfuArgs) -> anyhow::Result<SfuReport> {
                     let _ = jtff.record(f.as_nanos() as u64);
                 }
             }
+            _ => failed += 1,
+        }
+    }
+    let mut extra_received = 0;
+    for s in extra {
+        match tokio::time::timeout(Duration::from_secs(10), s).await {
+            Ok(Ok(Ok(r))) if r.first_frame.is_some() => extra_received += 1,
             _ => failed += 1,
         }
     }
@@ -419,6 +456,14 @@ async fn run_meridian(args: &SfuArgs) -> anyhow::Result<SfuReport> {
     if let (Some(busy), Some(idle)) = (window.rss_kib, idle_rss) {
         let n = (args.rooms * (args.subscribers + args.publishers)) as f64;
         rep.rss_kib_per_subscriber = Some(busy.saturating_sub(idle) as f64 / n);
+    }
+    rep.added_subscribers = added;
+    // Only when every added subscriber got media (else the batch did not cost a full session).
+    if let (Some(busy), Some(more)) = (window.rss_kib, added_rss) {
+        if extra_received == added * args.rooms {
+            let n = (added * args.rooms) as f64;
+            rep.rss_kib_per_added_subscriber = Some(more.saturating_sub(busy) as f64 / n);
+        }
     }
     drop(node);
     Ok(rep)

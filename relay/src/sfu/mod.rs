@@ -1221,6 +1221,9 @@ impl Sfu {
                     p.connected = true;
                 }
                 self.out.notices.push_back((id, Notice::Connected));
+                // Subscriptions made before the session could receive: their join keyframe
+                // (if one was asked for) went by unseen; ask again now that it can be sent.
+                self.request_join_keyframes(id, now);
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.disconnect(id, "ice_timeout");
@@ -1398,13 +1401,26 @@ impl Sfu {
             },
         ));
         self.select_layer(id, mid, now);
-        // A new subscriber needs a keyframe to start decoding.
-        let layer = self
-            .participants
-            .get(&id)
-            .and_then(|p| p.subs.get(&mid))
-            .map(|s| s.target);
-        if let Some(layer) = layer {
+        // A new subscriber needs a keyframe to start decoding; one that cannot receive yet
+        // asks when it connects.
+        if self.participants.get(&id).is_some_and(|p| p.connected) {
+            self.request_join_keyframes(id, now);
+        }
+    }
+
+    /// A keyframe request (coalesced with other joins) for each of session `id`'s
+    /// subscriptions still waiting for its first keyframe.
+    fn request_join_keyframes(&mut self, id: ParticipantId, now: Instant) {
+        let Some(p) = self.participants.get(&id) else {
+            return;
+        };
+        let waiting: Vec<(Arc<str>, Option<Rid>)> = p
+            .subs
+            .values()
+            .filter(|s| s.current != Some(s.target))
+            .map(|s| (s.track.clone(), s.target))
+            .collect();
+        for (track, layer) in waiting {
             if let Some(t) = self.tracks.get_mut(&track) {
                 let due = t.keyframes.request_for_join(layer, now);
                 let (owner, tmid) = (t.owner, t.mid);

@@ -1141,3 +1141,43 @@ fn direct_path_players_do_not_wake_for_idle_bandwidth_estimation() {
         "{one} vs {six}: {per_player_second}/s per player"
     );
 }
+
+/// A subscriber that subscribed before it could receive gets its join keyframe requested when
+/// it connects: the one asked for at subscribe time went by before its DTLS was up, and the
+/// per-interval requests of subscribers already waiting could make it wait a second more.
+#[test]
+fn join_keyframe_is_requested_when_the_subscriber_connects() {
+    let mut net = Net::new();
+    let (d, _mid, track) = device(&mut net);
+    // An early player waits for a keyframe the device never sends: its requests go out once
+    // per keyframe interval.
+    player(&mut net, "early", &track);
+    let seen = net.keyframe_requests_seen(d);
+    assert!(
+        net.run_until(Duration::from_secs(3), |n| n.keyframe_requests_seen(d)
+            > seen)
+    );
+    // Right after one of them, a late player subscribes and connects.
+    let (c, mids) = net.join(Role::Player, "late", |api| {
+        controls(api);
+        vec![api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None)]
+    });
+    let id = net.clients[c].id;
+    net.sfu
+        .subscribe(
+            id,
+            &track,
+            &mids[0].to_string(),
+            LayerPrefs::default(),
+            net.now,
+        )
+        .expect("subscribe");
+    assert!(net.run_until(Duration::from_millis(400), |n| n.connected(c)));
+    let at_connect = net.keyframe_requests_seen(d);
+    // Well before the early player's next one (a keyframe interval after the last).
+    assert!(
+        net.run_until(Duration::from_millis(300), |n| n.keyframe_requests_seen(d)
+            > at_connect),
+        "no keyframe request after the late subscriber connected"
+    )
+}
