@@ -269,6 +269,11 @@ impl SfuExport {
         );
         c("meridian_sfu_nacked_packets_total", s.nacked, l.nacked);
         c(
+            "meridian_sfu_webrtc_failures_total",
+            s.webrtc_failures,
+            l.webrtc_failures,
+        );
+        c(
             "meridian_sfu_session_wakes_total",
             s.session_wakes,
             l.session_wakes,
@@ -362,6 +367,10 @@ fn describe_sfu() {
     describe_counter!(
         "meridian_sfu_session_wakes_total",
         "WebRTC sessions woken by their own timers (a cost per session, independent of media)"
+    );
+    describe_counter!(
+        "meridian_sfu_webrtc_failures_total",
+        "Sessions ended by a WebRTC error (DTLS handshake, certificate not matching the SDP fingerprint, ...) and DTLS errors on input; each logged at info with its reason"
     );
     describe_counter!(
         "meridian_sfu_nacked_packets_total",

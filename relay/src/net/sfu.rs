@@ -606,6 +606,9 @@ async fn run_shard(
                 forward_latency.record_many(at.elapsed().as_secs_f64(), forwarded as usize);
             }
         }
+        while let Some((id, reason)) = shard.sfu.poll_failure() {
+            tracing::info!(session = %id, "WebRTC failure: {reason}");
+        }
         shard.flush_notices();
     }
 }

@@ -280,6 +280,9 @@ pub struct SfuStats {
     pub srtp_errors: u64,
     /// Sessions woken by their own timers.
     pub session_wakes: u64,
+    /// Sessions ended by a WebRTC error (DTLS, a certificate not matching the SDP, …) and DTLS
+    /// errors on input; their reasons through [`Sfu::poll_failure`].
+    pub webrtc_failures: u64,
 }
 
 struct Outputs {
@@ -287,6 +290,25 @@ struct Outputs {
     events: VecDeque<(ParticipantId, Event)>,
     timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
     notices: VecDeque<(ParticipantId, Notice)>,
+    /// WebRTC failures for the driver's log (bounded; all are counted).
+    failures: VecDeque<(ParticipantId, String)>,
+}
+
+/// Failures waiting for the driver's log; more are counted, not kept.
+const MAX_PENDING_FAILURES: usize = 64;
+
+impl Outputs {
+    /// Keeps a failure's reason for the log: every error that ends a session (`fatal`), and
+    /// DTLS errors on input that str0m survives. True if it was kept or counted.
+    fn note_failure(&mut self, id: ParticipantId, e: &RtcError, fatal: bool) -> bool {
+        if !fatal && !matches!(e, RtcError::Dtls(_)) {
+            return false;
+        }
+        if self.failures.len() < MAX_PENDING_FAILURES {
+            self.failures.push_back((id, e.to_string()));
+        }
+        true
+    }
 }
 
 pub struct JoinRequest<'a> {
@@ -366,6 +388,7 @@ impl Sfu {
                 events: VecDeque::new(),
                 timers: BinaryHeap::new(),
                 notices: VecDeque::new(),
+                failures: VecDeque::new(),
             },
             stats: SfuStats::default(),
             next_housekeeping: now + HOUSEKEEPING,
@@ -877,9 +900,10 @@ impl Sfu {
             },
         );
         dtls::clear_exported();
-        if p.rtc.handle_input(input).is_err() {
+        if let Err(e) = p.rtc.handle_input(input) {
             // A bad datagram is dropped; it never ends the session (it could be spoofed).
             self.stats.rtc_input_errors += 1;
+            self.stats.webrtc_failures += u64::from(self.out.note_failure(id, &e, false));
         }
         self.install_keys(id, now);
         if direct::is_rtcp(contents) {
@@ -912,8 +936,9 @@ impl Sfu {
             if p.timeout <= now {
                 self.stats.session_wakes += 1;
                 dtls::clear_exported();
-                if p.rtc.handle_input(Input::Timeout(now)).is_err() {
+                if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
                     self.stats.rtc_input_errors += 1;
+                    self.stats.webrtc_failures += u64::from(self.out.note_failure(id, &e, false));
                 }
                 self.install_keys(id, now);
                 self.drive(id, now);
@@ -950,6 +975,12 @@ impl Sfu {
         self.stats.packets_out += 1;
         self.stats.bytes_out += t.contents.len() as u64;
         Some(t)
+    }
+
+    /// A session's WebRTC failure with its reason (DTLS handshake alerts, a certificate that
+    /// does not match the SDP fingerprint, …), for the driver to log.
+    pub fn poll_failure(&mut self) -> Option<(ParticipantId, String)> {
+        self.out.failures.pop_front()
     }
 
     pub fn poll_notice(&mut self) -> Option<(ParticipantId, Notice)> {
@@ -1020,7 +1051,13 @@ impl Sfu {
     /// Drains one session's output (the single-mutation rule: after every mutation).
     fn drive(&mut self, id: ParticipantId, now: Instant) {
         let failed = match self.participants.get_mut(&id) {
-            Some(p) => drain(p, &mut self.out, now).is_err() || !p.rtc.is_alive(),
+            Some(p) => match drain(p, &mut self.out, now) {
+                Ok(()) => !p.rtc.is_alive(),
+                Err(e) => {
+                    self.stats.webrtc_failures += u64::from(self.out.note_failure(id, &e, true));
+                    true
+                }
+            },
             None => return,
         };
         if failed {

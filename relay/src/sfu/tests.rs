@@ -1181,3 +1181,58 @@ fn join_keyframe_is_requested_when_the_subscriber_connects() {
         "no keyframe request after the late subscriber connected"
     )
 }
+
+/// A peer whose certificate does not match its SDP fingerprint fails; the SFU counts it and
+/// hands the reason to the driver's log.
+#[test]
+fn dtls_failure_reasons_are_reported() {
+    let mut net = Net::new();
+    let addr: SocketAddr = "10.0.1.77:5000".parse().unwrap();
+    let id = net.sfu.join(
+        JoinRequest {
+            room: "arena",
+            identity: "forger",
+            role: Role::Player,
+            resume_from: None,
+        },
+        net.now,
+    );
+    let mut rtc = Rtc::builder().set_rtp_mode(true).build(net.now);
+    rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    controls(&mut api);
+    let (offer, pending) = api.apply().expect("an offer");
+    let mut sdp = offer.to_sdp_string();
+    let at = sdp.find("a=fingerprint:sha-256 ").unwrap() + "a=fingerprint:sha-256 ".len();
+    let forged = if &sdp[at..at + 2] == "00" { "11" } else { "00" };
+    sdp.replace_range(at..at + 2, forged);
+    let answer = net.sfu.offer(id, &sdp, net.now).expect("answer");
+    rtc.sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+        .unwrap();
+    net.clients.push(Client {
+        rtc,
+        addr,
+        id,
+        events: Vec::new(),
+        notices: Vec::new(),
+        controls: None,
+    });
+    let mut reasons = Vec::new();
+    net.run_until(Duration::from_secs(5), |n| {
+        n.sfu.stats().webrtc_failures > 0
+    });
+    while let Some((who, why)) = net.sfu.poll_failure() {
+        assert_eq!(who, id);
+        reasons.push(why);
+    }
+    assert!(
+        net.sfu.stats().webrtc_failures >= 1,
+        "{:?}",
+        net.sfu.stats()
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("fingerprint")),
+        "{reasons:?}"
+    );
+}
