@@ -1236,3 +1236,89 @@ fn dtls_failure_reasons_are_reported() {
         "{reasons:?}"
     );
 }
+
+/// VP9, AV1 and H.264 are forwarded as they come (no transcoding, no repacketizing), starting
+/// at the codec's keyframe, when publisher and player negotiated only that codec.
+#[test]
+fn forwards_vp9_av1_and_h264_payloads_intact() {
+    use str0m::format::Codec;
+    // (codec, first packet of a keyframe, a delta packet)
+    let cases: [(Codec, Vec<u8>, Vec<u8>); 3] = [
+        // VP9: B set, P clear; then P set.
+        (Codec::Vp9, vec![0x08, 0xaa, 0xbb], vec![0x48, 0xcc, 0xdd]),
+        // AV1: N set (new coded video sequence); then a plain OBU element.
+        (Codec::Av1, vec![0x18, 0x0a, 0x0b], vec![0x10, 0x32, 0x01]),
+        // H.264: IDR slice; then a non-IDR slice.
+        (Codec::H264, vec![0x65, 0x88, 0x84], vec![0x41, 0x9a, 0x02]),
+    ];
+    for (codec, key, delta) in cases {
+        let config = || {
+            let c = Rtc::builder().clear_codecs();
+            match codec {
+                Codec::Vp9 => c.enable_vp9(true),
+                Codec::Av1 => c.enable_av1(true),
+                _ => c.enable_h264(true),
+            }
+        };
+        let mut net = Net::new();
+        let (d, mids) = net.join_with(config(), Role::Device, "rig", |api| {
+            controls(api);
+            publish_video(api)
+        });
+        assert!(net.run_until(Duration::from_secs(5), |n| n.connected(d)));
+        let track = net.track_of(d).expect("published");
+        let (p, _) = player_with(&mut net, config(), "alice", &track);
+        let mut sent = Vec::new();
+        for seq in 1..30u64 {
+            let mut payload = if seq == 1 { key.clone() } else { delta.clone() };
+            payload.extend((0..60u8).map(|i| i ^ seq as u8));
+            let now = net.now;
+            let rtc = &mut net.clients[d].rtc;
+            let pt = rtc
+                .codec_config()
+                .params()
+                .iter()
+                .find(|p| p.spec().codec == codec)
+                .unwrap_or_else(|| panic!("{codec:?} negotiated"))
+                .pt();
+            let mut api = rtc.direct_api();
+            let tx = api
+                .stream_tx_by_mid(mids[0], None)
+                .expect("publisher stream");
+            tx.write_rtp(
+                RtpWrite::new(
+                    pt,
+                    SeqNo::from(seq),
+                    (seq * 3000) as u32,
+                    now,
+                    payload.clone(),
+                )
+                .marker(true),
+            );
+            sent.push(payload);
+            net.tick(Duration::from_millis(10));
+        }
+        net.run_until(Duration::from_secs(1), |n| {
+            n.received_payloads(p).len() >= sent.len()
+        });
+        assert_eq!(net.received_payloads(p), sent, "{codec:?}");
+        let got_pt = net.clients[p].events.iter().find_map(|e| match e {
+            Event::RtpPacket(r) => Some(r.header.payload_type),
+            _ => None,
+        });
+        let codec_of_pt = got_pt.and_then(|pt| {
+            net.clients[p]
+                .rtc
+                .codec_config()
+                .params()
+                .iter()
+                .find(|c| c.pt() == pt)
+                .map(|c| c.spec().codec)
+        });
+        assert_eq!(
+            codec_of_pt,
+            Some(codec),
+            "the player's payload type for {codec:?}"
+        );
+    }
+}
