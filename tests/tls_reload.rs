@@ -1,6 +1,7 @@
 //! TURN over TLS from a rustls client, and SIGHUP reloading the certificate: new connections
 //! get the new certificate, connections already open keep working, and a broken file leaves
-//! the previous certificate in place.
+//! the previous certificate in place. The signaling API's HTTPS certificate reloads the same
+//! way.
 
 mod common;
 
@@ -77,16 +78,7 @@ fn connector(trusted: &[&Path]) -> tokio_rustls::TlsConnector {
 }
 
 async fn connect(node: &Node, tls: &tokio_rustls::TlsConnector) -> TlsStream<TcpStream> {
-    let addr = node.ready.turn_tls[0];
-    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-        .await
-        .expect("connect in time")
-        .unwrap();
-    let name = ServerName::IpAddress(addr.ip().into());
-    tokio::time::timeout(Duration::from_secs(5), tls.connect(name, tcp))
-        .await
-        .expect("handshake in time")
-        .expect("TLS handshake")
+    connect_to(node.ready.turn_tls[0], tls).await
 }
 
 fn presented(s: &TlsStream<TcpStream>) -> CertificateDer<'static> {
@@ -173,4 +165,82 @@ async fn sighup_reloads_the_certificate_without_dropping_connections() {
     );
     let third = connect(&node, &tls).await;
     assert_eq!(presented(&third), der(&b_cert));
+}
+
+async fn connect_to(
+    addr: std::net::SocketAddr,
+    tls: &tokio_rustls::TlsConnector,
+) -> TlsStream<TcpStream> {
+    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .unwrap();
+    let name = ServerName::IpAddress(addr.ip().into());
+    tokio::time::timeout(Duration::from_secs(5), tls.connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("TLS handshake")
+}
+
+/// `GET /v1/rooms` over the stream; returns the status line.
+async fn get_rooms(s: &mut TlsStream<TcpStream>) -> String {
+    s.write_all(b"GET /v1/rooms HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut body)).await;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_signaling_https_certificate() {
+    let certs = TempDir::new("tls-certs-signaling");
+    let (a_cert, a_key) = make_cert(certs.path(), "sig-a");
+    let (b_cert, b_key) = make_cert(certs.path(), "sig-b");
+    let live_cert = certs.path().join("live.crt");
+    let live_key = certs.path().join("live.key");
+    std::fs::copy(&a_cert, &live_cert).unwrap();
+    std::fs::copy(&a_key, &live_key).unwrap();
+    let node = Node::start_meridian(&NodeOptions {
+        signaling_toml: format!(
+            "tls_cert = {:?}\ntls_key = {:?}\n",
+            live_cert.display().to_string(),
+            live_key.display().to_string()
+        ),
+        ..NodeOptions::default()
+    });
+    let http = node.ready.http.expect("signaling listener");
+    let tls = connector(&[&a_cert, &b_cert]);
+    let mut first = connect_to(http, &tls).await;
+    assert_eq!(presented(&first), der(&a_cert));
+    assert_eq!(get_rooms(&mut first).await, "HTTP/1.1 200 OK");
+
+    std::fs::copy(&b_cert, &live_cert).unwrap();
+    std::fs::copy(&b_key, &live_key).unwrap();
+    node.signal(libc::SIGHUP);
+    let mut reloaded = None;
+    for _ in 0..100 {
+        let s = connect_to(http, &tls).await;
+        if presented(&s) == der(&b_cert) {
+            reloaded = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut second = reloaded.unwrap_or_else(|| {
+        panic!(
+            "signaling still presents the old certificate\n{}",
+            node.log()
+        )
+    });
+    assert_eq!(get_rooms(&mut second).await, "HTTP/1.1 200 OK");
+    assert!(
+        node.log().contains("signaling TLS certificate reloaded"),
+        "{}",
+        node.log()
+    );
 }

@@ -29,6 +29,7 @@ pub async fn start(
     sfu: meridian_relay::net::SfuHandle,
     turn: (Vec<SocketAddr>, Vec<SocketAddr>, Vec<SocketAddr>),
     ready: Arc<AtomicBool>,
+    tls_reload: &meridian_relay::net::TlsReload,
 ) -> Result<SocketAddr, String> {
     let mut state = Signaling::new(config, sfu, ready)?;
     state.ice.set_bound(turn.0, turn.1, turn.2);
@@ -42,6 +43,13 @@ pub async fn start(
         (Some(c), Some(k)) => Some(meridian_relay::net::ReloadableTls::load(c, k)?),
         _ => None,
     };
+    if let Some(t) = &tls {
+        // SIGHUP reloads it with the node's other certificates.
+        tls_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(("signaling", t.clone()));
+    }
     match tls {
         None => {
             tokio::spawn(async move {

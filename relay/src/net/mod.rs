@@ -18,6 +18,6 @@ mod stream;
 mod tls;
 mod worker;
 
-pub use node::{run, Attach, AttachContext, RunOptions};
+pub use node::{run, Attach, AttachContext, RunOptions, TlsReload};
 pub use sfu::{Gone, Session, SfuHandle, SfuNode};
 pub use tls::ReloadableTls;

@@ -35,7 +35,12 @@ pub struct AttachContext {
     pub turn_tls: Vec<SocketAddr>,
     /// False once the node drains.
     pub ready: Arc<AtomicBool>,
+    /// Certificates SIGHUP reloads: a service adds its own (named, for the log).
+    pub tls_reload: TlsReload,
 }
+
+/// The node's reloadable certificates, by what serves them ("TURN", "signaling").
+pub type TlsReload = Arc<std::sync::Mutex<Vec<(&'static str, ReloadableTls)>>>;
 
 /// How the node is run, beyond its configuration.
 #[derive(Default)]
@@ -288,6 +293,9 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
         threads.push(worker::spawn(setup)?);
     }
 
+    let tls_reload: TlsReload = Arc::new(std::sync::Mutex::new(
+        tls.iter().map(|t| ("TURN", t.clone())).collect(),
+    ));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -316,6 +324,7 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
         });
         let services = match attach {
             Some(attach) => attach(AttachContext {
+                tls_reload: tls_reload.clone(),
                 sfu: sfu.handle(),
                 turn_udp: bound_udp.clone(),
                 turn_tcp: bound_tcp.clone(),
@@ -333,7 +342,7 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
         ready.store(true, Ordering::Relaxed);
         ::metrics::gauge!("meridian_ready").set(1.0);
         tracing::info!(workers, udp = ?bound.udp, tcp = ?bound.tcp, tls = ?bound.tls, admin = %bound.admin, sfu = %bound.sfu_udp, services = ?bound.services, "meridian node ready");
-        wait_for_stop(signals, &tls).await;
+        wait_for_stop(signals, &tls_reload).await;
         ready.store(false, Ordering::Relaxed);
         ::metrics::gauge!("meridian_ready").set(0.0);
         for c in &controls {
@@ -372,7 +381,7 @@ fn stop_signals() -> std::io::Result<StopSignals> {
     })
 }
 
-async fn wait_for_stop(signals: StopSignals, tls: &Option<ReloadableTls>) {
+async fn wait_for_stop(signals: StopSignals, tls: &TlsReload) {
     let StopSignals {
         mut term,
         mut int,
@@ -382,13 +391,18 @@ async fn wait_for_stop(signals: StopSignals, tls: &Option<ReloadableTls>) {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); return; }
             _ = int.recv() => { tracing::info!("SIGINT: draining"); return; }
-            _ = hup.recv() => match tls {
-                Some(t) => match t.reload() {
-                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-                    Err(e) => tracing::error!("SIGHUP: TLS reload failed, keeping the previous certificate: {e}"),
-                },
-                None => tracing::info!("SIGHUP: nothing to reload (no TLS listener)"),
-            },
+            _ = hup.recv() => {
+                let all = tls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if all.is_empty() {
+                    tracing::info!("SIGHUP: nothing to reload (no TLS listener)");
+                }
+                for (what, t) in all {
+                    match t.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: {what} TLS certificate reloaded"),
+                        Err(e) => tracing::error!("SIGHUP: {what} TLS reload failed, keeping the previous certificate: {e}"),
+                    }
+                }
+            }
         }
     }
 }
