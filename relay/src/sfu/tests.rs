@@ -1322,3 +1322,62 @@ fn forwards_vp9_av1_and_h264_payloads_intact() {
         );
     }
 }
+
+/// A player reachable only over ICE-TCP gets its media on the SFU's own send path as TCP
+/// (framed by the driver), to the connection its ICE pair uses.
+#[test]
+fn direct_path_follows_an_ice_tcp_pair() {
+    let now = Instant::now();
+    let server_tcp: SocketAddr = "10.0.0.1:7883".parse().unwrap();
+    let cfg = SfuConfig {
+        udp_candidates: vec![SERVER.parse().unwrap()],
+        tcp_candidates: vec![server_tcp],
+        ..Default::default()
+    };
+    let mut net = Net {
+        now,
+        sfu: Sfu::new(cfg, 0, now).unwrap(),
+        clients: Vec::new(),
+        lose: None,
+    };
+    let (d, mid, track) = device(&mut net);
+    let addr: SocketAddr = "10.0.1.99:40000".parse().unwrap();
+    let mut rtc = Rtc::builder().set_rtp_mode(true).build(net.now);
+    rtc.add_local_candidate(
+        Candidate::builder()
+            .tcp()
+            .host(addr)
+            .tcptype(str0m::net::TcpType::Active)
+            .build()
+            .unwrap(),
+    );
+    let (c, mids) = net.attach(rtc, addr, Role::Player, "tcp-player", None, |api| {
+        vec![api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None)]
+    });
+    let id = net.clients[c].id;
+    net.sfu
+        .subscribe(
+            id,
+            &track,
+            &mids[0].to_string(),
+            LayerPrefs::default(),
+            net.now,
+        )
+        .expect("subscribe");
+    assert!(
+        net.run_until(Duration::from_secs(5), |n| n.connected(c)),
+        "connects over TCP"
+    );
+    let mut sent = Vec::new();
+    for seq in 1..20 {
+        sent.push(net.send_vp8(d, mid, seq, seq == 1));
+        net.tick(Duration::from_millis(10));
+    }
+    net.run_until(Duration::from_secs(1), |n| {
+        n.received_payloads(c).len() >= sent.len()
+    });
+    assert_eq!(net.received_payloads(c), sent);
+    assert!(net.sfu.stats().forwarded_direct >= sent.len() as u64);
+    let path = net.sfu.participants[&id].path;
+    assert_eq!(path.map(|p| p.0), Some(Protocol::Tcp), "{path:?}");
+}
