@@ -506,6 +506,7 @@ impl Sfu {
             direct_mode,
             direct: None,
             path: None,
+            retired: HashMap::new(),
         };
         self.by_ufrag.insert(creds.ufrag, id);
         let info = ParticipantInfo {
@@ -757,7 +758,7 @@ impl Sfu {
             }
             return Err(SfuError::UnknownTrack(track.to_string()));
         };
-        p.subs.remove(&mid);
+        p.retire_sub(mid);
         if let Some(t) = self.tracks.get_mut(track) {
             t.subscribers.retain(|(s, m)| !(*s == id && *m == mid));
         }
@@ -1123,7 +1124,7 @@ impl Sfu {
             let Some(sub) = p
                 .subs
                 .values_mut()
-                .find(|s| s.out.as_ref().is_some_and(|o| o.ssrc == ssrc))
+                .find(|s| !s.via_str0m && s.out.as_ref().is_some_and(|o| o.ssrc == ssrc))
             else {
                 continue;
             };
@@ -1400,7 +1401,7 @@ impl Sfu {
                     ));
                 }
             }
-        } else if let Some(s) = p.subs.remove(&mid) {
+        } else if let Some(s) = p.retire_sub(mid) {
             if let Some(t) = self.tracks.get_mut(&s.track) {
                 t.subscribers.retain(|(sp, m)| !(*sp == id && *m == mid));
             }
@@ -1429,7 +1430,8 @@ impl Sfu {
         let Some(p) = self.participants.get_mut(&id) else {
             return;
         };
-        p.subs.insert(mid, Subscription::new(track.clone(), prefs));
+        let sub = Subscription::new(track.clone(), prefs, p.retired.remove(&mid));
+        p.subs.insert(mid, sub);
         self.out.notices.push_back((
             id,
             Notice::Subscribed {
@@ -1654,7 +1656,7 @@ impl Sfu {
                     sub.out = Some(OutStream {
                         ssrc: *tx.ssrc(),
                         rtx_ssrc: tx.rtx().map(|r| *r),
-                        rtx_seq: 1,
+                        rtx_seq: sub.rtx_start,
                         clock_rate,
                         sr: Default::default(),
                     });
@@ -1947,7 +1949,7 @@ impl Sfu {
         };
         for (sid, smid) in &t.subscribers {
             if let Some(sp) = self.participants.get_mut(sid) {
-                sp.subs.remove(smid);
+                sp.retire_sub(*smid);
             }
         }
         if let Some(owner) = self.participants.get(&t.owner) {

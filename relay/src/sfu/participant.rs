@@ -71,6 +71,10 @@ pub struct Participant {
     /// (protocol, our address, the peer's) of the pair str0m last sent DTLS/SCTP/RTCP on, or
     /// the peer last sent authenticated RTCP from: the selected ICE pair.
     pub path: Option<(Protocol, SocketAddr, SocketAddr)>,
+    /// Where the sequence numbers of a mid's ended subscription stopped (media, RTX): a
+    /// later subscription on the same mid (same SSRCs) continues from there, since reusing
+    /// an SRTP index would be taken for a replay, and would reuse a keystream.
+    pub retired: HashMap<Mid, (u64, u64)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -80,6 +84,15 @@ pub struct PublishMeta {
 }
 
 impl Participant {
+    /// Ends the subscription on `mid`, remembering where its sequence numbers stopped.
+    pub fn retire_sub(&mut self, mid: Mid) -> Option<Subscription> {
+        let s = self.subs.remove(&mid)?;
+        let next = s.rewrite.last_out_seq().map_or(FIRST_OUT_SEQ, |l| l + 1);
+        let rtx = s.out.as_ref().map_or(1, |o| o.rtx_seq);
+        self.retired.insert(mid, (next, rtx));
+        Some(s)
+    }
+
     /// Whether str0m sends (or may soon send) this session's media: then its bandwidth
     /// estimation and pacing matter. Not for a direct-mode session whose subscriptions all
     /// take the SFU's own path.
@@ -109,6 +122,8 @@ pub struct Subscription {
     pub out: Option<OutStream>,
     /// Media for this subscription has been written to str0m (not the SFU's own path).
     pub via_str0m: bool,
+    /// The first RTX sequence number of its outgoing stream.
+    pub rtx_start: u64,
 }
 
 /// A subscription's outgoing stream as the SFU's own send path sees it.
@@ -124,16 +139,22 @@ pub struct OutStream {
 }
 
 impl Subscription {
-    pub fn new(track: Arc<str>, prefs: LayerPrefs) -> Self {
+    /// `resume`: where an earlier subscription on the same mid left the sequence numbers.
+    pub fn new(track: Arc<str>, prefs: LayerPrefs, resume: Option<(u64, u64)>) -> Self {
+        let rewrite = match resume {
+            Some((next, _)) => Rewriter::continuing_at(next),
+            None => Rewriter::default(),
+        };
         Self {
             track,
             prefs,
             current: None,
             target: None,
-            rewrite: Rewriter::default(),
+            rewrite,
             pt_map: Vec::new(),
             out: None,
             via_str0m: false,
+            rtx_start: resume.map_or(1, |r| r.1),
         }
     }
 }
@@ -184,6 +205,14 @@ impl Rewriter {
         let seq = out_seq.wrapping_sub(self.seq_offset);
         let sent = self.last_out_seq.is_some_and(|l| out_seq <= l);
         (sent && seq >= self.switch_seq).then_some((seq, self.ts_offset))
+    }
+
+    /// A rewriter whose first output sequence number is `next`.
+    pub fn continuing_at(next: u64) -> Self {
+        Self {
+            last_out_seq: next.checked_sub(1),
+            ..Self::default()
+        }
     }
 
     pub fn last_out_seq(&self) -> Option<u64> {

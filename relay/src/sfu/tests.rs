@@ -1381,3 +1381,59 @@ fn direct_path_follows_an_ice_tcp_pair() {
     let path = net.sfu.participants[&id].path;
     assert_eq!(path.map(|p| p.0), Some(Protocol::Tcp), "{path:?}");
 }
+
+/// Subscribing again on a mid (same outgoing SSRC) continues its sequence numbers: an SRTP
+/// index used before would be dropped as a replay (and would reuse a keystream).
+#[test]
+fn resubscribing_on_a_mid_continues_its_sequence_numbers() {
+    let mut net = Net::new();
+    let (d, mid, track) = device(&mut net);
+    let (p, pmid) = player(&mut net, "alice", &track);
+    let id = net.clients[p].id;
+    let mut sent = Vec::new();
+    for seq in 1..10 {
+        sent.push(net.send_vp8(d, mid, seq, seq == 1));
+        net.tick(Duration::from_millis(10));
+    }
+    net.run_until(Duration::from_secs(1), |n| {
+        n.received_payloads(p).len() >= sent.len()
+    });
+    assert_eq!(
+        net.received_payloads(p).len(),
+        sent.len(),
+        "before unsubscribing"
+    );
+    net.sfu.unsubscribe(id, &track).expect("unsubscribe");
+    net.sfu
+        .subscribe(
+            id,
+            &track,
+            &pmid.to_string(),
+            LayerPrefs::default(),
+            net.now,
+        )
+        .expect("subscribe again");
+    for seq in 10..20 {
+        sent.push(net.send_vp8(d, mid, seq, seq == 10));
+        net.tick(Duration::from_millis(10));
+    }
+    net.run_until(Duration::from_secs(1), |n| {
+        n.received_payloads(p).len() >= sent.len()
+    });
+    let got = net.received_payloads(p);
+    assert!(
+        got == sent,
+        "received {} of {} payloads",
+        got.len(),
+        sent.len()
+    );
+    let seqs: Vec<u64> = net.clients[p]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RtpPacket(r) => Some(*r.seq_no),
+            _ => None,
+        })
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "{seqs:?}");
+}
