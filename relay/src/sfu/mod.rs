@@ -337,8 +337,10 @@ const MAX_EVENTS_PER_INPUT: usize = 100_000;
 const MAX_ADDRS: usize = 8;
 /// str0m's default sender/receiver report interval, for sessions str0m reports for.
 const STR0M_REPORTS: Duration = Duration::from_secs(1);
-/// "Never", for sessions whose reports the SFU sends itself.
-const NO_STR0M_REPORTS: Duration = Duration::from_secs(365 * 24 * 3600);
+/// "Never", for sessions whose reports the SFU sends itself. str0m's first report is due this
+/// long after its clock's origin (an hour before the process started): a bogus report (RTP
+/// time 0, nothing sent) would then go out for every session of a node up for ten years.
+const NO_STR0M_REPORTS: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 pub struct Sfu {
     cfg: SfuConfig,
