@@ -910,7 +910,7 @@ impl Sfu {
         }
         self.install_keys(id, now);
         if direct::is_rtcp(contents) {
-            self.serve_nacks(id, (proto, destination, source), contents, now);
+            self.serve_nacks(id, (proto, destination, source), contents);
         }
         self.drive(id, now);
         true
@@ -1104,7 +1104,6 @@ impl Sfu {
         id: ParticipantId,
         path: (Protocol, SocketAddr, SocketAddr),
         srtcp: &[u8],
-        now: Instant,
     ) {
         let Some(p) = self.participants.get_mut(&id) else {
             return;
@@ -1193,7 +1192,6 @@ impl Sfu {
                 contents: buf.into(),
             });
         }
-        let _ = now;
     }
 
     /// Sender reports for direct-mode sessions, every [`direct::SR_INTERVAL`].
