@@ -497,8 +497,8 @@ async fn run_shard(
     let mut buf = vec![0u8; MTU];
     let mut export = super::metrics::SfuExport::default();
     let mut next_export = Instant::now() + Duration::from_secs(1);
-    // Everything a pass produces for UDP goes out in one sendmmsg (a fan-out is one datagram
-    // per subscriber, all to different addresses).
+    // What the SFU produces for UDP goes out with sendmmsg (a fan-out is one datagram per
+    // subscriber, all to different addresses); see `Shard::send_out`.
     let mut queue = super::mmsg::SendQueue::default();
     let fd = sock.as_raw_fd();
     let forward_latency = metrics::histogram!("meridian_sfu_forward_latency_seconds");
@@ -510,17 +510,27 @@ async fn run_shard(
         let mut input_at = None;
         tokio::select! {
             r = sock.recv_from(&mut buf) => {
-                let now = Instant::now();
-                input_at = Some(now);
                 match r {
                     Ok((n, source)) => {
-                        shard.take_datagram(now, source, local, &buf[..n], &peers);
-                        // Whatever else is already queued is handled in the same pass, so one
-                        // flush (and one timer computation) serves several datagrams.
-                        for _ in 0..RECV_PER_PASS {
-                            match sock.try_recv_from(&mut buf) {
-                                Ok((n, source)) => shard.take_datagram(now, source, local, &buf[..n], &peers),
-                                Err(_) => break,
+                        // Whatever else is already queued is handled in the same pass (one
+                        // timer computation), but each datagram's fan-out is sent before the
+                        // next is read: a frame's packets arrive back to back, and the first
+                        // one's subscribers must not wait for the others' encryption.
+                        let mut next = Some((n, source));
+                        let mut taken = 0;
+                        while let Some((n, source)) = next.take() {
+                            let now = Instant::now();
+                            let before = shard.sfu.stats().forwarded;
+                            shard.take_datagram(now, source, local, &buf[..n], &peers);
+                            shard.send_out(&mut queue, fd);
+                            let forwarded = shard.sfu.stats().forwarded - before;
+                            if forwarded > 0 {
+                                forward_latency.record_many(now.elapsed().as_secs_f64(), forwarded as usize);
+                            }
+                            taken += 1;
+                            // Read the next one only if it will be handled in this pass.
+                            if taken <= RECV_PER_PASS {
+                                next = sock.try_recv_from(&mut buf).ok();
                             }
                         }
                     }
@@ -572,34 +582,7 @@ async fn run_shard(
                 }
             }
         }
-        while let Some(t) = shard.sfu.poll_transmit() {
-            if t.proto == Protocol::Tcp {
-                if let Some(w) = shard.tcp.get(&t.destination) {
-                    // A full queue means the connection cannot keep up: drop, like UDP would.
-                    let _ = w.try_send(t.contents.into());
-                }
-                continue;
-            }
-            if t.proto != Protocol::Udp {
-                continue;
-            }
-            if let Some(back) = shard.via_turn.get(&t.destination) {
-                let _ = back.tx.send(super::worker::Control::FromSfu {
-                    relay: back.relay,
-                    from: t.source,
-                    data: t.contents.into(),
-                });
-                continue;
-            }
-            queue.push(t.destination, &t.contents);
-            if queue.len() >= SEND_QUEUE_FLUSH {
-                shard.counters.send_dropped += queue.flush(fd) as u64;
-            }
-        }
-        if !queue.is_empty() {
-            // A full socket buffer drops (real-time media: late is lost anyway), counted.
-            shard.counters.send_dropped += queue.flush(fd) as u64;
-        }
+        shard.send_out(&mut queue, fd);
         if let Some(at) = input_at {
             let forwarded = shard.sfu.stats().forwarded - forwarded_before;
             if forwarded > 0 {
@@ -614,6 +597,41 @@ async fn run_shard(
 }
 
 impl Shard {
+    /// Sends what the SFU produced: UDP in sendmmsg batches of [`SEND_QUEUE_FLUSH`] (a
+    /// fan-out goes out in chunks, the first subscribers not waiting for the last), ICE-TCP to
+    /// its connection, and sessions relayed by this node's TURN back through it.
+    fn send_out(&mut self, queue: &mut super::mmsg::SendQueue, fd: std::os::fd::RawFd) {
+        while let Some(t) = self.sfu.poll_transmit() {
+            if t.proto == Protocol::Tcp {
+                if let Some(w) = self.tcp.get(&t.destination) {
+                    // A full queue means the connection cannot keep up: drop, like UDP would.
+                    let _ = w.try_send(t.contents.into());
+                }
+                continue;
+            }
+            if t.proto != Protocol::Udp {
+                continue;
+            }
+            if let Some(back) = self.via_turn.get(&t.destination) {
+                let _ = back.tx.send(super::worker::Control::FromSfu {
+                    relay: back.relay,
+                    from: t.source,
+                    data: t.contents.into(),
+                });
+                continue;
+            }
+            queue.push(t.destination, &t.contents);
+            self.sfu.recycle(t);
+            if queue.len() >= SEND_QUEUE_FLUSH {
+                self.counters.send_dropped += queue.flush(fd) as u64;
+            }
+        }
+        if !queue.is_empty() {
+            // A full socket buffer drops (real-time media: late is lost anyway), counted.
+            self.counters.send_dropped += queue.flush(fd) as u64;
+        }
+    }
+
     /// One datagram from the shard's socket: to our session, or routed to the shard that owns
     /// it.
     fn take_datagram(

@@ -335,6 +335,8 @@ const HOUSEKEEPING: Duration = Duration::from_millis(100);
 const MAX_EVENTS_PER_INPUT: usize = 100_000;
 /// Source addresses remembered per session.
 const MAX_ADDRS: usize = 8;
+/// Datagram buffers kept for reuse (a fan-out's worth, about 1.5 KiB each).
+const MAX_SPARE_BUFFERS: usize = 512;
 /// str0m's default sender/receiver report interval, for sessions str0m reports for.
 const STR0M_REPORTS: Duration = Duration::from_secs(1);
 /// "Never", for sessions whose reports the SFU sends itself. str0m's first report is due this
@@ -363,6 +365,8 @@ pub struct Sfu {
     clock: WallClock,
     /// Scratch for the NACKs of one RTCP packet.
     lost: Vec<(u32, u16)>,
+    /// Datagram buffers the driver handed back ([`Sfu::recycle`]), for the own send path.
+    spare: Vec<Vec<u8>>,
 }
 
 impl Sfu {
@@ -399,6 +403,7 @@ impl Sfu {
             departed_addrs: Vec::new(),
             clock: WallClock::new(now),
             lost: Vec::new(),
+            spare: Vec::new(),
         })
     }
 
@@ -973,6 +978,16 @@ impl Sfu {
         self.next_housekeeping
     }
 
+    /// Takes back a sent datagram's buffer: the own send path reuses it rather than
+    /// allocating one per forwarded packet.
+    pub fn recycle(&mut self, t: Transmit) {
+        let mut buf: Vec<u8> = t.contents.into();
+        if self.spare.len() < MAX_SPARE_BUFFERS && (1024..=8192).contains(&buf.capacity()) {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let t = self.out.transmits.pop_front()?;
         self.stats.packets_out += 1;
@@ -1158,7 +1173,7 @@ impl Sfu {
                 .find(|c| c.pt() == pt)
                 .and_then(|c| c.resend());
             let ts = c.timestamp.wrapping_add(ts_offset);
-            let mut buf = Vec::new();
+            let mut buf = self.spare.pop().unwrap_or_default();
             let sealed = match (o.rtx_ssrc, rtx_pt) {
                 (Some(rtx_ssrc), Some(rtx_pt)) => {
                     let index = o.rtx_seq;
@@ -1671,7 +1686,7 @@ impl Sfu {
                 else {
                     continue;
                 };
-                let mut buf = Vec::new();
+                let mut buf = self.spare.pop().unwrap_or_default();
                 let sealed = d.tx.protect_rtp(
                     &mut buf,
                     *pt,

@@ -186,6 +186,8 @@ impl Net {
                         );
                     }
                 }
+                // As the driver does: the buffer goes back to the SFU for reuse.
+                self.sfu.recycle(t);
             }
             while let Some((id, n)) = self.sfu.poll_notice() {
                 if let Some(c) = self.clients.iter_mut().find(|c| c.id == id) {
