@@ -113,50 +113,91 @@ async fn binding(s: &mut TlsStream<TcpStream>) -> std::net::SocketAddr {
     m.xor_address(attr::XOR_MAPPED_ADDRESS).unwrap().unwrap()
 }
 
+/// Two certificates, A and B, and the "live" files the node reads (A at first).
+struct Certs {
+    _dir: TempDir,
+    a_cert: std::path::PathBuf,
+    b_cert: std::path::PathBuf,
+    b_key: std::path::PathBuf,
+    live_cert: std::path::PathBuf,
+    live_key: std::path::PathBuf,
+}
+
+impl Certs {
+    fn new(prefix: &str) -> Certs {
+        let dir = TempDir::new(prefix);
+        let (a_cert, a_key) = make_cert(dir.path(), &format!("{prefix}-a"));
+        let (b_cert, b_key) = make_cert(dir.path(), &format!("{prefix}-b"));
+        let live_cert = dir.path().join("live.crt");
+        let live_key = dir.path().join("live.key");
+        std::fs::copy(&a_cert, &live_cert).unwrap();
+        std::fs::copy(&a_key, &live_key).unwrap();
+        Certs {
+            _dir: dir,
+            a_cert,
+            b_cert,
+            b_key,
+            live_cert,
+            live_key,
+        }
+    }
+
+    /// Puts certificate B in the live files and signals the node to reload.
+    fn switch_to_b(&self, node: &Node) {
+        std::fs::copy(&self.b_cert, &self.live_cert).unwrap();
+        std::fs::copy(&self.b_key, &self.live_key).unwrap();
+        node.signal(libc::SIGHUP);
+    }
+
+    fn connector(&self) -> tokio_rustls::TlsConnector {
+        connector(&[&self.a_cert, &self.b_cert])
+    }
+}
+
+/// Connects to `addr` until the node presents certificate B (bounded).
+async fn connect_until_b(
+    node: &Node,
+    addr: std::net::SocketAddr,
+    certs: &Certs,
+) -> TlsStream<TcpStream> {
+    let tls = certs.connector();
+    for _ in 0..100 {
+        let s = connect_to(addr, &tls).await;
+        if presented(&s) == der(&certs.b_cert) {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "new connections still get the old certificate\n{}",
+        node.log()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_certificate_without_dropping_connections() {
-    let certs = TempDir::new("tls-certs");
-    let (a_cert, a_key) = make_cert(certs.path(), "cert-a");
-    let (b_cert, b_key) = make_cert(certs.path(), "cert-b");
-    let live_cert = certs.path().join("live.crt");
-    let live_key = certs.path().join("live.key");
-    std::fs::copy(&a_cert, &live_cert).unwrap();
-    std::fs::copy(&a_key, &live_key).unwrap();
+    let certs = Certs::new("tls-certs");
+    let (a_cert, b_cert) = (&certs.a_cert, &certs.b_cert);
+    let (live_cert, live_key) = (&certs.live_cert, &certs.live_key);
     let node = Node::start_meridian(&NodeOptions {
         tls: Some((live_cert.clone(), live_key.clone())),
         ..NodeOptions::default()
     });
-    let tls = connector(&[&a_cert, &b_cert]);
+    let tls = certs.connector();
 
     let mut first = connect(&node, &tls).await;
-    assert_eq!(presented(&first), der(&a_cert));
+    assert_eq!(presented(&first), der(a_cert));
     let mapped = binding(&mut first).await;
     assert_eq!(mapped, first.get_ref().0.local_addr().unwrap());
 
-    std::fs::copy(&b_cert, &live_cert).unwrap();
-    std::fs::copy(&b_key, &live_key).unwrap();
-    node.signal(libc::SIGHUP);
-    let mut reloaded = None;
-    for _ in 0..100 {
-        let s = connect(&node, &tls).await;
-        if presented(&s) == der(&b_cert) {
-            reloaded = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut second = reloaded.unwrap_or_else(|| {
-        panic!(
-            "new connections still get the old certificate\n{}",
-            node.log()
-        )
-    });
+    certs.switch_to_b(&node);
+    let mut second = connect_until_b(&node, node.ready.turn_tls[0], &certs).await;
     binding(&mut second).await;
     // The connection made before the reload still works.
     binding(&mut first).await;
 
     // A broken certificate file: the reload fails and cert B stays in use.
-    std::fs::write(&live_cert, "not a certificate").unwrap();
+    std::fs::write(live_cert, "not a certificate").unwrap();
     node.signal(libc::SIGHUP);
     common::wait_for(
         Duration::from_secs(5),
@@ -164,7 +205,7 @@ async fn sighup_reloads_the_certificate_without_dropping_connections() {
         || node.log().contains("TLS reload failed").then_some(()),
     );
     let third = connect(&node, &tls).await;
-    assert_eq!(presented(&third), der(&b_cert));
+    assert_eq!(presented(&third), der(b_cert));
 }
 
 async fn connect_to(
@@ -198,45 +239,22 @@ async fn get_rooms(s: &mut TlsStream<TcpStream>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_signaling_https_certificate() {
-    let certs = TempDir::new("tls-certs-signaling");
-    let (a_cert, a_key) = make_cert(certs.path(), "sig-a");
-    let (b_cert, b_key) = make_cert(certs.path(), "sig-b");
-    let live_cert = certs.path().join("live.crt");
-    let live_key = certs.path().join("live.key");
-    std::fs::copy(&a_cert, &live_cert).unwrap();
-    std::fs::copy(&a_key, &live_key).unwrap();
+    let certs = Certs::new("tls-certs-signaling");
     let node = Node::start_meridian(&NodeOptions {
         signaling_toml: format!(
             "tls_cert = {:?}\ntls_key = {:?}\n",
-            live_cert.display().to_string(),
-            live_key.display().to_string()
+            certs.live_cert.display().to_string(),
+            certs.live_key.display().to_string()
         ),
         ..NodeOptions::default()
     });
     let http = node.ready.http.expect("signaling listener");
-    let tls = connector(&[&a_cert, &b_cert]);
-    let mut first = connect_to(http, &tls).await;
-    assert_eq!(presented(&first), der(&a_cert));
+    let mut first = connect_to(http, &certs.connector()).await;
+    assert_eq!(presented(&first), der(&certs.a_cert));
     assert_eq!(get_rooms(&mut first).await, "HTTP/1.1 200 OK");
 
-    std::fs::copy(&b_cert, &live_cert).unwrap();
-    std::fs::copy(&b_key, &live_key).unwrap();
-    node.signal(libc::SIGHUP);
-    let mut reloaded = None;
-    for _ in 0..100 {
-        let s = connect_to(http, &tls).await;
-        if presented(&s) == der(&b_cert) {
-            reloaded = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut second = reloaded.unwrap_or_else(|| {
-        panic!(
-            "signaling still presents the old certificate\n{}",
-            node.log()
-        )
-    });
+    certs.switch_to_b(&node);
+    let mut second = connect_until_b(&node, http, &certs).await;
     assert_eq!(get_rooms(&mut second).await, "HTTP/1.1 200 OK");
     assert!(
         node.log().contains("signaling TLS certificate reloaded"),

@@ -353,23 +353,10 @@ async fn run_meridian(args: &SfuArgs) -> anyhow::Result<SfuReport> {
         }
     }
     let bar = progress("joining", 1);
-    let mut subs = Vec::new();
-    for (r, track) in tracks.iter().enumerate() {
-        for s in 0..args.subscribers {
-            let token = mint(&format!("sub-{r}-{s}"), &format!("room-{r}"), Role::Viewer)?;
-            subs.push(tokio::spawn(peer::subscriber(
-                base.clone(),
-                token,
-                node.sfu,
-                track.clone(),
-                shared.clone(),
-            )));
-            // Joins are paced so signaling is not a thundering herd.
-            if s % 20 == 19 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    let join = |prefix: &'static str, count: usize| {
+        spawn_subscribers(prefix, count, &tracks, &base, node.sfu, &shared)
+    };
+    let subs = join("sub", args.subscribers).await?;
     bar.finish_and_clear();
     // Let every subscriber reach its first frame (bounded), then measure.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -385,22 +372,7 @@ async fn run_meridian(args: &SfuArgs) -> anyhow::Result<SfuReport> {
     // The marginal memory of a subscriber: a further batch joins, starts receiving, and the
     // RSS growth is divided by its size (fixed costs that appear with traffic are already in).
     let added = (args.subscribers / 5).max(10);
-    let mut extra = Vec::new();
-    for (r, track) in tracks.iter().enumerate() {
-        for s in 0..added {
-            let token = mint(&format!("add-{r}-{s}"), &format!("room-{r}"), Role::Viewer)?;
-            extra.push(tokio::spawn(peer::subscriber(
-                base.clone(),
-                token,
-                node.sfu,
-                track.clone(),
-                shared.clone(),
-            )));
-            if s % 20 == 19 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    let extra = join("add", added).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let added_rss = proc_.rss_kib().map(|(_, cur)| cur);
     shared.stop.store(true, Ordering::Relaxed);
@@ -467,6 +439,40 @@ async fn run_meridian(args: &SfuArgs) -> anyhow::Result<SfuReport> {
     }
     drop(node);
     Ok(rep)
+}
+
+/// Starts `count` subscribers (viewers) per room, one per track, joins paced so signaling is
+/// not a thundering herd.
+async fn spawn_subscribers(
+    prefix: &str,
+    count: usize,
+    tracks: &[String],
+    base: &str,
+    sfu: SocketAddr,
+    shared: &std::sync::Arc<peer::Shared>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<peer::SubResult>>>> {
+    use meridian_signaling::token::Role;
+    let mut subs = Vec::new();
+    for (r, track) in tracks.iter().enumerate() {
+        for s in 0..count {
+            let token = mint(
+                &format!("{prefix}-{r}-{s}"),
+                &format!("room-{r}"),
+                Role::Viewer,
+            )?;
+            subs.push(tokio::spawn(peer::subscriber(
+                base.to_string(),
+                token,
+                sfu,
+                track.clone(),
+                shared.clone(),
+            )));
+            if s % 20 == 19 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    Ok(subs)
 }
 
 /// The cumulative buckets `(le, count)` of the node's forward-latency histogram, from its

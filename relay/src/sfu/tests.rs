@@ -33,7 +33,46 @@ struct Net {
     lose: Option<(SocketAddr, Vec<u16>)>,
 }
 
+/// A client `Rtc` whose only candidate is an active ICE-TCP one at `addr` (it can only make
+/// outgoing TCP connections).
+fn tcp_only_client(addr: SocketAddr, now: Instant) -> Rtc {
+    let mut rtc = Rtc::builder().set_rtp_mode(true).build(now);
+    rtc.add_local_candidate(
+        Candidate::builder()
+            .tcp()
+            .host(addr)
+            .tcptype(str0m::net::TcpType::Active)
+            .build()
+            .unwrap(),
+    );
+    rtc
+}
+
 impl Net {
+    /// Client `c` subscribes to `track` on its transceiver `mid` (default layer preferences).
+    fn subscribe(&mut self, c: usize, track: &str, mid: Mid) {
+        let id = self.clients[c].id;
+        self.sfu
+            .subscribe(id, track, &mid.to_string(), LayerPrefs::default(), self.now)
+            .expect("subscribe");
+    }
+
+    /// An SFU offering a passive ICE-TCP candidate at `server_tcp` besides its UDP one.
+    fn with_ice_tcp(server_tcp: SocketAddr) -> Self {
+        let now = Instant::now();
+        let cfg = SfuConfig {
+            udp_candidates: vec![SERVER.parse().unwrap()],
+            tcp_candidates: vec![server_tcp],
+            ..Default::default()
+        };
+        Self {
+            now,
+            sfu: Sfu::new(cfg, 0, now).unwrap(),
+            clients: Vec::new(),
+            lose: None,
+        }
+    }
+
     fn new() -> Self {
         let now = Instant::now();
         let cfg = SfuConfig {
@@ -77,12 +116,27 @@ impl Net {
     /// Joins `rtc` (its candidates already added) at `addr`: first offer, answer, registered.
     fn attach(
         &mut self,
+        rtc: Rtc,
+        addr: SocketAddr,
+        role: Role,
+        identity: &str,
+        resume_from: Option<u64>,
+        setup: impl FnOnce(&mut str0m::change::SdpApi) -> Vec<Mid>,
+    ) -> (usize, Vec<Mid>) {
+        self.attach_editing_offer(rtc, addr, role, identity, resume_from, setup, |o| o)
+    }
+
+    /// As `attach`, with the offer's SDP passed through `edit` on its way to the SFU.
+    #[allow(clippy::too_many_arguments)]
+    fn attach_editing_offer(
+        &mut self,
         mut rtc: Rtc,
         addr: SocketAddr,
         role: Role,
         identity: &str,
         resume_from: Option<u64>,
         setup: impl FnOnce(&mut str0m::change::SdpApi) -> Vec<Mid>,
+        edit: impl FnOnce(String) -> String,
     ) -> (usize, Vec<Mid>) {
         let n = self.clients.len();
         let id = self.sfu.join(
@@ -99,7 +153,7 @@ impl Net {
         let (offer, pending) = api.apply().expect("an offer");
         let answer = self
             .sfu
-            .offer(id, &offer.to_sdp_string(), self.now)
+            .offer(id, &edit(offer.to_sdp_string()), self.now)
             .expect("answer");
         rtc.sdp_api()
             .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
@@ -259,6 +313,33 @@ impl Net {
         payload
     }
 
+    /// Device `d` sends VP8 packets `seqs` on `mid`, a keyframe first, one per `step`; returns
+    /// the payloads.
+    fn send_vp8_run(
+        &mut self,
+        d: usize,
+        mid: Mid,
+        seqs: std::ops::Range<u64>,
+        step: Duration,
+    ) -> Vec<Vec<u8>> {
+        let first = seqs.start;
+        let mut sent = Vec::new();
+        for seq in seqs {
+            sent.push(self.send_vp8(d, mid, seq, seq == first));
+            self.tick(step);
+        }
+        sent
+    }
+
+    /// Waits (up to `limit`) for client `p` to receive `sent`; the indices of those it lacks.
+    fn missing(&mut self, p: usize, sent: &[Vec<u8>], limit: Duration) -> Vec<usize> {
+        self.run_until(limit, |n| n.received_payloads(p).len() >= sent.len());
+        let got = self.received_payloads(p);
+        (0..sent.len())
+            .filter(|i| !got.contains(&sent[*i]))
+            .collect()
+    }
+
     fn received_payloads(&self, c: usize) -> Vec<Vec<u8>> {
         self.clients[c]
             .events
@@ -337,16 +418,7 @@ fn player_with(
         controls(api);
         vec![api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None)]
     });
-    let id = net.clients[c].id;
-    net.sfu
-        .subscribe(
-            id,
-            track,
-            &mids[0].to_string(),
-            LayerPrefs::default(),
-            net.now,
-        )
-        .expect("subscribe");
+    net.subscribe(c, &track, mids[0]);
     assert!(
         net.run_until(Duration::from_secs(5), |n| n.connected(c)),
         "player connects"
@@ -371,21 +443,10 @@ fn forwards_rtp_payloads_intact_from_a_keyframe_on() {
     net.tick(Duration::from_millis(5));
     assert!(net.received_payloads(p).is_empty());
 
-    let mut sent = Vec::new();
-    sent.push(net.send_vp8(d, mid, 2, true));
-    net.tick(Duration::from_millis(5));
-    for seq in 3..40 {
-        sent.push(net.send_vp8(d, mid, seq, false));
-        net.tick(Duration::from_millis(5));
-    }
-    net.run_until(Duration::from_secs(1), |n| {
-        n.received_payloads(p).len() >= sent.len()
-    });
-    let got = net.received_payloads(p);
-    let missing: Vec<usize> = (0..sent.len())
-        .filter(|i| !got.contains(&sent[*i]))
-        .collect();
+    let sent = net.send_vp8_run(d, mid, 2..40, Duration::from_millis(5));
+    let missing = net.missing(p, &sent, Duration::from_secs(1));
     assert!(missing.is_empty(), "missing {missing:?} of {}", sent.len());
+    let got = net.received_payloads(p);
     assert!(got == sent, "payloads arrived out of order or altered");
     // Sequence numbers are continuous from the first forwarded packet.
     let seqs: Vec<u64> = net.clients[p]
@@ -635,30 +696,10 @@ fn stalled_publisher_is_reported_then_clears() {
 
 #[test]
 fn ice_tcp_candidates_connect_when_udp_is_blocked() {
-    let now = Instant::now();
-    let server_tcp: SocketAddr = "10.0.0.1:7881".parse().unwrap();
-    let cfg = SfuConfig {
-        udp_candidates: vec![SERVER.parse().unwrap()],
-        tcp_candidates: vec![server_tcp],
-        ..Default::default()
-    };
-    let mut net = Net {
-        now,
-        sfu: Sfu::new(cfg, 0, now).unwrap(),
-        clients: Vec::new(),
-        lose: None,
-    };
+    let mut net = Net::with_ice_tcp("10.0.0.1:7881".parse().unwrap());
     // A client that can only make outgoing TCP connections (an active TCP candidate).
     let addr: SocketAddr = "10.0.1.9:40000".parse().unwrap();
-    let mut rtc = Rtc::builder().set_rtp_mode(true).build(net.now);
-    rtc.add_local_candidate(
-        Candidate::builder()
-            .tcp()
-            .host(addr)
-            .tcptype(str0m::net::TcpType::Active)
-            .build()
-            .unwrap(),
-    );
+    let mut rtc = tcp_only_client(addr, net.now);
     let id = net.sfu.join(
         JoinRequest {
             room: "arena",
@@ -1053,18 +1094,8 @@ fn direct_path_serves_nacks_from_the_track_cache_and_sends_sender_reports() {
         }
         // Output sequence numbers start at 1 with the keyframe: lose the 3rd, 7th and 8th.
         net.lose = Some((net.clients[p].addr, vec![3, 7, 8]));
-        let mut sent = Vec::new();
-        for seq in 1..60 {
-            sent.push(net.send_vp8(d, mid, seq, seq == 1));
-            net.tick(Duration::from_millis(20));
-        }
-        net.run_until(Duration::from_secs(2), |n| {
-            n.received_payloads(p).len() >= sent.len()
-        });
-        let got = net.received_payloads(p);
-        let missing: Vec<usize> = (0..sent.len())
-            .filter(|i| !got.contains(&sent[*i]))
-            .collect();
+        let sent = net.send_vp8_run(d, mid, 1..60, Duration::from_millis(20));
+        let missing = net.missing(p, &sent, Duration::from_secs(2));
         assert!(missing.is_empty(), "{list:?}: missing {missing:?}");
         assert_eq!(
             net.lose.as_ref().map(|l| l.1.len()),
@@ -1164,16 +1195,7 @@ fn join_keyframe_is_requested_when_the_subscriber_connects() {
         controls(api);
         vec![api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None)]
     });
-    let id = net.clients[c].id;
-    net.sfu
-        .subscribe(
-            id,
-            &track,
-            &mids[0].to_string(),
-            LayerPrefs::default(),
-            net.now,
-        )
-        .expect("subscribe");
+    net.subscribe(c, &track, mids[0]);
     assert!(net.run_until(Duration::from_millis(400), |n| n.connected(c)));
     let at_connect = net.keyframe_requests_seen(d);
     // Well before the early player's next one (a keyframe interval after the last).
@@ -1190,36 +1212,27 @@ fn join_keyframe_is_requested_when_the_subscriber_connects() {
 fn dtls_failure_reasons_are_reported() {
     let mut net = Net::new();
     let addr: SocketAddr = "10.0.1.77:5000".parse().unwrap();
-    let id = net.sfu.join(
-        JoinRequest {
-            room: "arena",
-            identity: "forger",
-            role: Role::Player,
-            resume_from: None,
-        },
-        net.now,
-    );
     let mut rtc = Rtc::builder().set_rtp_mode(true).build(net.now);
     rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
-    let mut api = rtc.sdp_api();
-    controls(&mut api);
-    let (offer, pending) = api.apply().expect("an offer");
-    let mut sdp = offer.to_sdp_string();
-    let at = sdp.find("a=fingerprint:sha-256 ").unwrap() + "a=fingerprint:sha-256 ".len();
-    let forged = if &sdp[at..at + 2] == "00" { "11" } else { "00" };
-    sdp.replace_range(at..at + 2, forged);
-    let answer = net.sfu.offer(id, &sdp, net.now).expect("answer");
-    rtc.sdp_api()
-        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
-        .unwrap();
-    net.clients.push(Client {
+    let forge = |mut sdp: String| {
+        let at = sdp.find("a=fingerprint:sha-256 ").unwrap() + "a=fingerprint:sha-256 ".len();
+        let forged = if &sdp[at..at + 2] == "00" { "11" } else { "00" };
+        sdp.replace_range(at..at + 2, forged);
+        sdp
+    };
+    let (c, _) = net.attach_editing_offer(
         rtc,
         addr,
-        id,
-        events: Vec::new(),
-        notices: Vec::new(),
-        controls: None,
-    });
+        Role::Player,
+        "forger",
+        None,
+        |api| {
+            controls(api);
+            Vec::new()
+        },
+        forge,
+    );
+    let id = net.clients[c].id;
     let mut reasons = Vec::new();
     net.run_until(Duration::from_secs(5), |n| {
         n.sfu.stats().webrtc_failures > 0
@@ -1329,55 +1342,21 @@ fn forwards_vp9_av1_and_h264_payloads_intact() {
 /// (framed by the driver), to the connection its ICE pair uses.
 #[test]
 fn direct_path_follows_an_ice_tcp_pair() {
-    let now = Instant::now();
-    let server_tcp: SocketAddr = "10.0.0.1:7883".parse().unwrap();
-    let cfg = SfuConfig {
-        udp_candidates: vec![SERVER.parse().unwrap()],
-        tcp_candidates: vec![server_tcp],
-        ..Default::default()
-    };
-    let mut net = Net {
-        now,
-        sfu: Sfu::new(cfg, 0, now).unwrap(),
-        clients: Vec::new(),
-        lose: None,
-    };
+    let mut net = Net::with_ice_tcp("10.0.0.1:7883".parse().unwrap());
     let (d, mid, track) = device(&mut net);
     let addr: SocketAddr = "10.0.1.99:40000".parse().unwrap();
-    let mut rtc = Rtc::builder().set_rtp_mode(true).build(net.now);
-    rtc.add_local_candidate(
-        Candidate::builder()
-            .tcp()
-            .host(addr)
-            .tcptype(str0m::net::TcpType::Active)
-            .build()
-            .unwrap(),
-    );
+    let rtc = tcp_only_client(addr, net.now);
     let (c, mids) = net.attach(rtc, addr, Role::Player, "tcp-player", None, |api| {
         vec![api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None)]
     });
     let id = net.clients[c].id;
-    net.sfu
-        .subscribe(
-            id,
-            &track,
-            &mids[0].to_string(),
-            LayerPrefs::default(),
-            net.now,
-        )
-        .expect("subscribe");
+    net.subscribe(c, &track, mids[0]);
     assert!(
         net.run_until(Duration::from_secs(5), |n| n.connected(c)),
         "connects over TCP"
     );
-    let mut sent = Vec::new();
-    for seq in 1..20 {
-        sent.push(net.send_vp8(d, mid, seq, seq == 1));
-        net.tick(Duration::from_millis(10));
-    }
-    net.run_until(Duration::from_secs(1), |n| {
-        n.received_payloads(c).len() >= sent.len()
-    });
+    let sent = net.send_vp8_run(d, mid, 1..20, Duration::from_millis(10));
+    assert!(net.missing(c, &sent, Duration::from_secs(1)).is_empty());
     assert_eq!(net.received_payloads(c), sent);
     assert!(net.sfu.stats().forwarded_direct >= sent.len() as u64);
     let path = net.sfu.participants[&id].path;
@@ -1392,36 +1371,16 @@ fn resubscribing_on_a_mid_continues_its_sequence_numbers() {
     let (d, mid, track) = device(&mut net);
     let (p, pmid) = player(&mut net, "alice", &track);
     let id = net.clients[p].id;
-    let mut sent = Vec::new();
-    for seq in 1..10 {
-        sent.push(net.send_vp8(d, mid, seq, seq == 1));
-        net.tick(Duration::from_millis(10));
-    }
-    net.run_until(Duration::from_secs(1), |n| {
-        n.received_payloads(p).len() >= sent.len()
-    });
-    assert_eq!(
-        net.received_payloads(p).len(),
-        sent.len(),
-        "before unsubscribing"
+    let mut sent = net.send_vp8_run(d, mid, 1..10, Duration::from_millis(10));
+    let missing = net.missing(p, &sent, Duration::from_secs(1));
+    assert!(
+        missing.is_empty(),
+        "before unsubscribing: missing {missing:?}"
     );
     net.sfu.unsubscribe(id, &track).expect("unsubscribe");
-    net.sfu
-        .subscribe(
-            id,
-            &track,
-            &pmid.to_string(),
-            LayerPrefs::default(),
-            net.now,
-        )
-        .expect("subscribe again");
-    for seq in 10..20 {
-        sent.push(net.send_vp8(d, mid, seq, seq == 10));
-        net.tick(Duration::from_millis(10));
-    }
-    net.run_until(Duration::from_secs(1), |n| {
-        n.received_payloads(p).len() >= sent.len()
-    });
+    net.subscribe(p, &track, pmid);
+    sent.extend(net.send_vp8_run(d, mid, 10..20, Duration::from_millis(10)));
+    net.missing(p, &sent, Duration::from_secs(1));
     let got = net.received_payloads(p);
     assert!(
         got == sent,
