@@ -418,7 +418,7 @@ fn player_with(
         controls(api);
         vec![api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None)]
     });
-    net.subscribe(c, &track, mids[0]);
+    net.subscribe(c, track, mids[0]);
     assert!(
         net.run_until(Duration::from_secs(5), |n| n.connected(c)),
         "player connects"
