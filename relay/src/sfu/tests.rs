@@ -286,18 +286,30 @@ impl Net {
 
     /// Publisher writes one VP8 packet (keyframe start when `key`) with sequence `seq`.
     fn send_vp8(&mut self, c: usize, mid: Mid, seq: u64, key: bool) -> Vec<u8> {
+        // Descriptor S=1 PID=0, then the frame tag (P bit clear for a keyframe).
+        let mut payload = vec![0x10, if key { 0x00 } else { 0x01 }];
+        payload.extend((0..100u8).map(|i| i.wrapping_mul(seq as u8)));
+        self.send_rtp(c, mid, str0m::format::Codec::Vp8, seq, payload)
+    }
+
+    /// Publisher writes one RTP packet of `codec` with sequence `seq`; returns the payload.
+    fn send_rtp(
+        &mut self,
+        c: usize,
+        mid: Mid,
+        codec: str0m::format::Codec,
+        seq: u64,
+        payload: Vec<u8>,
+    ) -> Vec<u8> {
         let now = self.now;
         let rtc = &mut self.clients[c].rtc;
         let pt = rtc
             .codec_config()
             .params()
             .iter()
-            .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
-            .unwrap()
+            .find(|p| p.spec().codec == codec)
+            .unwrap_or_else(|| panic!("{codec:?} negotiated"))
             .pt();
-        // Descriptor S=1 PID=0, then the frame tag (P bit clear for a keyframe).
-        let mut payload = vec![0x10, if key { 0x00 } else { 0x01 }];
-        payload.extend((0..100u8).map(|i| i.wrapping_mul(seq as u8)));
         let mut api = rtc.direct_api();
         let tx = api.stream_tx_by_mid(mid, None).expect("publisher stream");
         tx.write_rtp(
@@ -1287,30 +1299,7 @@ fn forwards_vp9_av1_and_h264_payloads_intact() {
         for seq in 1..30u64 {
             let mut payload = if seq == 1 { key.clone() } else { delta.clone() };
             payload.extend((0..60u8).map(|i| i ^ seq as u8));
-            let now = net.now;
-            let rtc = &mut net.clients[d].rtc;
-            let pt = rtc
-                .codec_config()
-                .params()
-                .iter()
-                .find(|p| p.spec().codec == codec)
-                .unwrap_or_else(|| panic!("{codec:?} negotiated"))
-                .pt();
-            let mut api = rtc.direct_api();
-            let tx = api
-                .stream_tx_by_mid(mids[0], None)
-                .expect("publisher stream");
-            tx.write_rtp(
-                RtpWrite::new(
-                    pt,
-                    SeqNo::from(seq),
-                    (seq * 3000) as u32,
-                    now,
-                    payload.clone(),
-                )
-                .marker(true),
-            );
-            sent.push(payload);
+            sent.push(net.send_rtp(d, mids[0], codec, seq, payload));
             net.tick(Duration::from_millis(10));
         }
         net.run_until(Duration::from_secs(1), |n| {
