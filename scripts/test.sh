@@ -125,6 +125,8 @@ install_prerequisites() {
   # The SFU's DTLS is AWS-LC's libssl (aws-lc-sys "ssl"): built with CMake, bindings generated
   # by bindgen, which needs libclang.
   pkgs+=(cmake libclang-dev)
+  # The multi-node tests (geo/tests/redis.rs, tests/cluster.rs) run a real redis-server.
+  pkgs+=(redis-server)
   [[ $REFERENCE == 1 ]] && pkgs+=(coturn)
   [[ $BROWSER == 1 ]] && pkgs+=(chromium openssl nodejs)
   if ((${#pkgs[@]} > 0)); then apt_install "${pkgs[@]}" || return 1; fi

@@ -143,6 +143,7 @@ pub struct Config {
     pub drain: DrainConfig,
     pub signaling: SignalingConfig,
     pub sfu: SfuConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// `[node]`: identity of this node.
@@ -518,5 +519,69 @@ impl Default for SfuConfig {
             rtx_cache_packets: 256,
             initial_bitrate_kbps: 1500,
         }
+    }
+}
+
+/// `[cluster]`: how this node finds the other regions' nodes (the geo directory), and how
+/// clients reach it from outside. A node without this section runs alone (embedded directory).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's id in the directory, unique in the cluster (A-Z, a-z, 0-9, '_', '-', '.').
+    /// Default: `node.name`.
+    pub node_id: Option<String>,
+    /// The region this node serves (same characters). Default: `node.region`.
+    pub region: Option<String>,
+    /// Where the directory lives: "embedded" (in memory; a single node), or Redis:
+    /// "redis://[user:password@]host:port[/db]", "rediss://…" (TLS),
+    /// "redis-sentinel://host:26379/0?sentinelServiceName=NAME&node=host2:26379" (Sentinel;
+    /// "rediss-sentinel://" with TLS). Default: "embedded".
+    pub directory: String,
+    /// Prefix of every Redis key and channel, so several clusters can share one Redis.
+    /// Default: "meridian".
+    pub key_prefix: String,
+    /// The signaling base URL clients reach this node at, e.g. "https://fra.example.com".
+    /// Redirects to this node point there. Default: http(s)://<the bound signaling listener>
+    /// (required when it binds to 0.0.0.0 or ::).
+    pub public_signaling_url: Option<String>,
+    /// The STUN/TURN UDP endpoints ("host:port") clients probe to measure their RTT to this
+    /// region, and the TURN servers handed to them. Default: the bound `turn.udp` listeners
+    /// (with `turn.external_ipv4` for 0.0.0.0).
+    pub public_stun: Vec<String>,
+    /// How often this node heartbeats into the directory, in milliseconds. Default: 200.
+    pub heartbeat_interval_ms: u64,
+    /// A node not heard from for this long is dead (its sessions and rooms leave the
+    /// directory), in milliseconds; at least twice the heartbeat interval. Default: 800.
+    pub death_timeout_ms: u64,
+    /// Sessions at which this node counts as overloaded and new sessions are placed
+    /// elsewhere. 0 = no limit. Default: 0.
+    pub max_sessions: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: None,
+            region: None,
+            directory: "embedded".into(),
+            key_prefix: "meridian".into(),
+            public_signaling_url: None,
+            public_stun: vec![],
+            heartbeat_interval_ms: 200,
+            death_timeout_ms: 800,
+            max_sessions: 0,
+        }
+    }
+}
+
+impl Config {
+    /// The node's id in the cluster: `cluster.node_id`, else `node.name`.
+    pub fn node_id(&self) -> &str {
+        self.cluster.node_id.as_deref().unwrap_or(&self.node.name)
+    }
+
+    /// The node's region: `cluster.region`, else `node.region`.
+    pub fn region(&self) -> &str {
+        self.cluster.region.as_deref().unwrap_or(&self.node.region)
     }
 }

@@ -329,6 +329,26 @@ pub(crate) const KEYS: &[(&str, &str)] = &[
     ("sfu.max_data_message_bytes", "1..=262144"),
     ("sfu.rtx_cache_packets", "0..=8192"),
     ("sfu.initial_bitrate_kbps", "50..=100000"),
+    ("cluster", "a table"),
+    (
+        "cluster.node_id",
+        "a string of A-Z, a-z, 0-9, '_', '-', '.'",
+    ),
+    ("cluster.region", "a string of A-Z, a-z, 0-9, '_', '-', '.'"),
+    ("cluster.directory", "\"embedded\" or a redis:// URL"),
+    (
+        "cluster.key_prefix",
+        "a string of A-Z, a-z, 0-9, '_', '-', '.'",
+    ),
+    ("cluster.public_signaling_url", "an http:// or https:// URL"),
+    ("cluster.public_stun", "an array of \"host:port\" strings"),
+    ("cluster.public_stun[]", "a \"host:port\" string"),
+    ("cluster.heartbeat_interval_ms", "20..=10000"),
+    (
+        "cluster.death_timeout_ms",
+        "an integer (at least twice the heartbeat interval)",
+    ),
+    ("cluster.max_sessions", "an integer >= 0"),
 ];
 
 /// The description of the values `path` takes (`turn.udp[3]` looks up `turn.udp[]`).

@@ -145,6 +145,7 @@ fn embedded_default_is_the_defaults_plus_loopback_peers_and_dev_tokens() {
         "[drain]",
         "[signaling]",
         "[sfu]",
+        "[cluster]",
     ] {
         assert!(
             EMBEDDED_DEFAULT.contains(section),
@@ -952,7 +953,8 @@ fn all_sections() -> Vec<String> {
             "security",
             "drain",
             "signaling",
-            "sfu"
+            "sfu",
+            "cluster"
         ]
     );
     sections
@@ -1547,5 +1549,121 @@ fn rule_sfu_ranges() {
             file_err(&format!("[sfu]\nudp = \"127.0.0.1:7882\"\n{text}\n")),
             format!("meridian.toml line 5: {message}")
         );
+    }
+}
+
+#[test]
+fn cluster_keys_parse() {
+    let c = file_ok(
+        "[cluster]\nnode_id = \"fra-1\"\nregion = \"eu\"\ndirectory = \"redis://127.0.0.1:6379/0\"\n\
+         key_prefix = \"mer\"\npublic_signaling_url = \"https://fra.example.com\"\n\
+         public_stun = [\"203.0.113.10:3478\"]\nheartbeat_interval_ms = 100\ndeath_timeout_ms = 500\n\
+         max_sessions = 5000\n",
+    );
+    assert_eq!(c.node_id(), "fra-1");
+    assert_eq!(c.region(), "eu");
+    assert_eq!(c.cluster.directory, "redis://127.0.0.1:6379/0");
+    assert_eq!(c.cluster.public_stun, vec!["203.0.113.10:3478".to_string()]);
+    assert_eq!(
+        (c.cluster.heartbeat_interval_ms, c.cluster.death_timeout_ms),
+        (100, 500)
+    );
+    assert_eq!(c.cluster.max_sessions, 5000);
+    // Without the section: the embedded directory, id and region from [node].
+    let d = valid();
+    assert_eq!(d.cluster.directory, "embedded");
+    assert_eq!((d.node_id(), d.region()), ("meridian", "local"));
+    let e = file_err("[cluster]\nheartbeat_interval_ms = \"fast\"\n");
+    assert!(
+        e.contains("line ") && e.contains("cluster.heartbeat_interval_ms: expected 20..=10000"),
+        "{e}"
+    );
+}
+
+#[test]
+fn rule_cluster_values() {
+    rejects(
+        |c| c.cluster.node_id = Some("fra 1".into()),
+        "cluster.node_id",
+        "A-Z",
+    );
+    rejects(|c| c.node.region = String::new(), "node.region", "1..=64");
+    rejects(
+        |c| c.cluster.directory = "mysql://db".into(),
+        "cluster.directory",
+        "scheme \"mysql\"",
+    );
+    rejects(
+        |c| c.cluster.directory = "localhost:6379".into(),
+        "cluster.directory",
+        "redis://",
+    );
+    rejects(
+        |c| c.cluster.directory = "redis://:6379".into(),
+        "cluster.directory",
+        "no host",
+    );
+    rejects(
+        |c| c.cluster.directory = "redis-sentinel://10.0.0.5:26379/0".into(),
+        "cluster.directory",
+        "sentinelServiceName",
+    );
+    // A password in the URL is never echoed.
+    let mut c = valid();
+    c.cluster.directory = "memcache://user:hunter2@db".into();
+    let e = c.validate().unwrap_err().to_string();
+    assert!(!e.contains("hunter2"), "{e}");
+    rejects(
+        |c| c.cluster.heartbeat_interval_ms = 5,
+        "cluster.heartbeat_interval_ms",
+        "20..=10000",
+    );
+    rejects(
+        |c| c.cluster.death_timeout_ms = 300,
+        "cluster.death_timeout_ms",
+        "at least twice",
+    );
+    rejects(
+        |c| c.cluster.public_signaling_url = Some("fra.example.com".into()),
+        "cluster.public_signaling_url",
+        "http://",
+    );
+    rejects(
+        |c| c.cluster.public_signaling_url = Some("https://fra.example.com/api".into()),
+        "cluster.public_signaling_url",
+        "no path",
+    );
+    rejects(
+        |c| c.cluster.public_stun = vec!["203.0.113.10".into()],
+        "cluster.public_stun[0]",
+        "host:port",
+    );
+    rejects(
+        |c| {
+            c.cluster.directory = "redis://127.0.0.1".into();
+            c.signaling.listen = sock("0.0.0.0:7880");
+        },
+        "cluster.public_signaling_url",
+        "required with a Redis directory",
+    );
+    rejects(
+        |c| {
+            c.cluster.directory = "redis://127.0.0.1".into();
+            c.turn.udp = vec![sock("0.0.0.0:3478")];
+        },
+        "cluster.public_stun",
+        "required with a Redis directory",
+    );
+    // Every accepted form.
+    for url in [
+        "embedded",
+        "redis://127.0.0.1:6379/0",
+        "rediss://user:pw@redis.example.com:6380",
+        "redis-sentinel://10.0.0.5:26379/0?sentinelServiceName=m&node=10.0.0.6:26379",
+    ] {
+        let mut c = valid();
+        c.cluster.directory = url.into();
+        c.cluster.public_signaling_url = Some("http://127.0.1.1:7880/".into());
+        c.validate().unwrap_or_else(|e| panic!("{url}: {e}"));
     }
 }

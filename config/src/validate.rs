@@ -55,6 +55,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_auth(config)?;
     validate_signaling(config)?;
     validate_sfu(config)?;
+    validate_cluster(config)?;
     check_range(
         "drain.deadline_secs",
         config.drain.deadline_secs,
@@ -553,4 +554,153 @@ fn validate_sfu(config: &Config) -> Result<(), ConfigError> {
         INITIAL_BITRATE_MIN_KBPS,
         INITIAL_BITRATE_MAX_KBPS,
     )
+}
+
+/// Heartbeat interval bounds, in milliseconds.
+pub(crate) const HEARTBEAT_MIN_MS: u64 = 20;
+pub(crate) const HEARTBEAT_MAX_MS: u64 = 10_000;
+/// Longest death timeout, in milliseconds.
+pub(crate) const DEATH_TIMEOUT_MAX_MS: u64 = 60_000;
+
+/// A node id or region name: 1..=64 of A-Z, a-z, 0-9, '_', '-', '.'.
+fn check_name(key: &str, value: &str) -> Result<(), ConfigError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            "1..=64 characters of A-Z, a-z, 0-9, '_', '-', '.'",
+            format!("{value:?}"),
+        ))
+    }
+}
+
+/// The scheme of a directory URL, after checking its shape (host present; Sentinel names
+/// its service). `None` for "embedded".
+pub(crate) fn directory_scheme(url: &str) -> Result<Option<&str>, String> {
+    if url == "embedded" {
+        return Ok(None);
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(
+            "\"embedded\" or a redis://, rediss://, redis-sentinel:// or rediss-sentinel:// URL"
+                .into(),
+        );
+    };
+    if !matches!(
+        scheme,
+        "redis" | "rediss" | "redis-sentinel" | "rediss-sentinel"
+    ) {
+        return Err(format!(
+            "scheme {scheme:?} is not redis, rediss, redis-sentinel or rediss-sentinel"
+        ));
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') {
+        return Err("the URL names no host".into());
+    }
+    if scheme.ends_with("-sentinel") && !rest.contains("sentinelServiceName=") {
+        return Err("a Sentinel URL needs ?sentinelServiceName=NAME (the monitored master)".into());
+    }
+    Ok(Some(scheme))
+}
+
+fn validate_cluster(config: &Config) -> Result<(), ConfigError> {
+    let c = &config.cluster;
+    let id_key = if c.node_id.is_some() {
+        "cluster.node_id"
+    } else {
+        "node.name"
+    };
+    check_name(id_key, config.node_id())?;
+    let region_key = if c.region.is_some() {
+        "cluster.region"
+    } else {
+        "node.region"
+    };
+    check_name(region_key, config.region())?;
+    let redis = match directory_scheme(&c.directory) {
+        Ok(s) => s.is_some(),
+        Err(why) => {
+            // Never echo the URL: it may carry a password.
+            return Err(ConfigError::rule("cluster.directory", why));
+        }
+    };
+    check_name("cluster.key_prefix", &c.key_prefix)?;
+    check_range(
+        "cluster.heartbeat_interval_ms",
+        c.heartbeat_interval_ms,
+        HEARTBEAT_MIN_MS,
+        HEARTBEAT_MAX_MS,
+    )?;
+    if c.death_timeout_ms < 2 * c.heartbeat_interval_ms || c.death_timeout_ms > DEATH_TIMEOUT_MAX_MS
+    {
+        return Err(ConfigError::invalid(
+            "cluster.death_timeout_ms",
+            format!(
+                "{}..={DEATH_TIMEOUT_MAX_MS} (at least twice cluster.heartbeat_interval_ms)",
+                2 * c.heartbeat_interval_ms
+            ),
+            c.death_timeout_ms,
+        ));
+    }
+    if let Some(url) = &c.public_signaling_url {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+        let bad = match (rest, host) {
+            (Some(r), Some(h)) => {
+                h.is_empty()
+                    || r.len() > h.len() + 1
+                    || (r.len() == h.len() + 1 && !r.ends_with('/'))
+            }
+            _ => true,
+        };
+        if bad || url.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+            return Err(ConfigError::invalid(
+                "cluster.public_signaling_url",
+                "an http:// or https:// base URL with a host and no path, e.g. \"https://fra.example.com\"",
+                format!("{url:?}"),
+            ));
+        }
+    } else if redis && config.signaling.listen.ip().is_unspecified() {
+        return Err(ConfigError::rule(
+            "cluster.public_signaling_url",
+            format!(
+                "required with a Redis directory when signaling.listen binds to {} (other regions redirect clients to it)",
+                config.signaling.listen.ip()
+            ),
+        ));
+    }
+    for (i, s) in c.public_stun.iter().enumerate() {
+        let ok = s
+            .rsplit_once(':')
+            .map(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+            .unwrap_or(false);
+        if !ok || s.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+            return Err(ConfigError::invalid(
+                format!("cluster.public_stun[{i}]"),
+                "host:port (e.g. \"203.0.113.10:3478\" or \"[2001:db8::1]:3478\")",
+                format!("{s:?}"),
+            ));
+        }
+    }
+    if c.public_stun.is_empty()
+        && redis
+        && config.turn.external_ipv4.is_none()
+        && config.turn.udp.iter().any(|a| a.ip().is_unspecified())
+    {
+        return Err(ConfigError::rule(
+            "cluster.public_stun",
+            "required with a Redis directory when turn.udp binds to an unspecified address and turn.external_ipv4 is unset (clients probe it to rank regions)",
+        ));
+    }
+    Ok(())
 }
