@@ -210,6 +210,7 @@ fn serve(config: Option<PathBuf>, ready_file: Option<PathBuf>) -> anyhow::Result
                 (ctx.turn_udp, ctx.turn_tcp, ctx.turn_tls),
                 ctx.ready,
                 &ctx.tls_reload,
+                &ctx.status,
             )
             .await?;
             let scheme = if signaling_cfg.signaling.tls_cert.is_some() {

@@ -5,100 +5,20 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{HttpResponse, Node, NodeOptions, API_KEY, API_SECRET};
+use common::str0m_peer::{h264_access_unit, request, write_frame, Peer};
+use common::{Node, NodeOptions, API_KEY, API_SECRET};
 use meridian_signaling::token::{Role, TokenIssuer};
 use str0m::change::SdpAnswer;
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UdpSocket;
-
-/// One HTTP/1.1 request (Connection: close), bounded in time.
-async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> HttpResponse {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let req = common::http_request_bytes(addr, method, path, headers, body);
-        s.write_all(&req).await.unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.unwrap();
-        HttpResponse::parse(&raw)
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .expect("HTTP response in time")
-}
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::{Candidate, Rtc};
 
 fn token(identity: &str, role: Role) -> String {
     TokenIssuer::new(API_KEY, API_SECRET.as_bytes())
         .unwrap()
         .mint(identity, "whip-room", role, common::unix_now(), 600)
         .unwrap()
-}
-
-/// A str0m peer on a UDP socket connected to the SFU.
-struct Peer {
-    rtc: Rtc,
-    sock: UdpSocket,
-    server: SocketAddr,
-    local: SocketAddr,
-    connected: bool,
-    frames: usize,
-}
-
-impl Peer {
-    async fn new(server: SocketAddr, rtc: Rtc) -> Peer {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        sock.connect(server).await.unwrap();
-        let local = sock.local_addr().unwrap();
-        Peer {
-            rtc,
-            sock,
-            server,
-            local,
-            connected: false,
-            frames: 0,
-        }
-    }
-
-    /// Drains, then waits up to `max` for one datagram or the next timeout.
-    async fn step(&mut self, max: Duration) {
-        let next = loop {
-            match self.rtc.poll_output().unwrap() {
-                Output::Timeout(t) => break t,
-                Output::Transmit(t) => {
-                    let _ = self.sock.send(&t.contents).await;
-                }
-                Output::Event(Event::Connected) => self.connected = true,
-                Output::Event(Event::MediaData(_)) => self.frames += 1,
-                Output::Event(_) => {}
-            }
-        };
-        let wait = next.saturating_duration_since(Instant::now()).min(max);
-        let mut buf = [0u8; 2048];
-        let input = match tokio::time::timeout(wait, self.sock.recv(&mut buf)).await {
-            Ok(Ok(n)) => Input::Receive(
-                Instant::now(),
-                Receive {
-                    proto: Protocol::Udp,
-                    source: self.server,
-                    destination: self.local,
-                    contents: buf[..n].try_into().unwrap(),
-                },
-            ),
-            _ => Input::Timeout(Instant::now()),
-        };
-        self.rtc.handle_input(input).unwrap();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,26 +127,12 @@ async fn whip_publish_is_watched_over_whep() {
     let c = Candidate::host(player.local, "udp").unwrap();
     player.rtc.add_local_candidate(c);
 
-    let au: Vec<u8> = [
-        &[0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01][..],
-        &[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80][..],
-        &[0, 0, 0, 1, 0x65][..],
-        &[0x88; 800][..],
-    ]
-    .concat();
+    let au = h264_access_unit();
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut n = 0u64;
     while player.frames < 20 && Instant::now() < deadline {
         if publisher.connected {
-            let w = publisher.rtc.writer(mid).unwrap();
-            let pt = w.payload_params().next().unwrap().pt();
-            w.write(
-                pt,
-                Instant::now(),
-                MediaTime::new(n * 3000, Frequency::NINETY_KHZ),
-                au.clone(),
-            )
-            .unwrap();
+            write_frame(&mut publisher, mid, n, &au);
             n += 1;
         }
         publisher.step(Duration::from_millis(5)).await;

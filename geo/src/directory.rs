@@ -718,7 +718,7 @@ mod tests {
             live: true,
             viewers: 0,
             bitrate_bps: 1,
-            tracks: 1,
+            tracks: vec!["t1".into()],
         }]);
         match a.claim("game").await {
             Home::Elsewhere(n) => assert_eq!(n.id, "b"),

@@ -121,11 +121,18 @@ impl LocalState {
         if self.devices == self.sent_devices {
             return false;
         }
-        let shape = |l: &[DeviceEntry]| -> Vec<(String, String, bool, usize)> {
+        fn shape(l: &[DeviceEntry]) -> Vec<(&str, &str, bool, &[String])> {
             l.iter()
-                .map(|d| (d.room.clone(), d.identity.clone(), d.live, d.tracks))
+                .map(|d| {
+                    (
+                        d.room.as_str(),
+                        d.identity.as_str(),
+                        d.live,
+                        d.tracks.as_slice(),
+                    )
+                })
                 .collect()
-        };
+        }
         shape(&self.devices) != shape(&self.sent_devices)
             || self
                 .devices_sent
@@ -236,7 +243,7 @@ mod tests {
             live,
             viewers: 0,
             bitrate_bps,
-            tracks: 1,
+            tracks: vec!["t1".into()],
         }
     }
 

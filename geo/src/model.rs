@@ -55,7 +55,8 @@ pub struct DeviceEntry {
     pub live: bool,
     pub viewers: usize,
     pub bitrate_bps: u64,
-    pub tracks: usize,
+    /// Track ids.
+    pub tracks: Vec<String>,
 }
 
 /// A client session on a node.

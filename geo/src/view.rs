@@ -305,7 +305,7 @@ mod tests {
             live: true,
             viewers: 0,
             bitrate_bps: 1_000_000,
-            tracks: 1,
+            tracks: vec!["t1".into()],
         };
         let mut u = update("a", 1, 1, true);
         u.devices = Some(vec![dev("r2", "cam-a")]);

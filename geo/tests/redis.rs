@@ -37,7 +37,7 @@ fn device(room: &str, identity: &str) -> DeviceEntry {
         live: true,
         viewers: 0,
         bitrate_bps: 1_000_000,
-        tracks: 1,
+        tracks: vec!["t1".into()],
     }
 }
 

@@ -1,91 +1,25 @@
 //! The HTTP API on the node's signaling port: the room list, the WebSocket endpoint, dev
 //! tokens; served over plain HTTP or, with a certificate, HTTPS/WSS.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use meridian_config::Config;
-use meridian_relay::net::SfuHandle;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::ice::IceServers;
-use crate::token::{Role, TokenIssuer, TokenVerifier};
-
-/// The client's address, for logs.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for Peer
-{
-    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Peer(*s.remote_addr())
-    }
-}
-
-/// What every request handler shares.
-pub struct Signaling {
-    pub(crate) sfu: SfuHandle,
-    pub(crate) verifier: TokenVerifier,
-    pub(crate) issuer: Option<TokenIssuer>,
-    pub(crate) cfg: meridian_config::SignalingConfig,
-    pub(crate) ice: IceServers,
-    /// False while the node drains: new joins are refused.
-    pub(crate) ready: Arc<AtomicBool>,
-    /// WHIP/WHEP sessions.
-    pub(crate) resources: crate::whip::Resources,
-}
-
-impl Signaling {
-    pub fn new(config: &Config, sfu: SfuHandle, ready: Arc<AtomicBool>) -> Result<Self, String> {
-        let keys = &config.signaling.api_keys;
-        let verifier =
-            TokenVerifier::new(keys.iter().map(|k| (k.key.as_str(), k.secret.as_bytes())));
-        let issuer = match keys.first() {
-            Some(k) => {
-                Some(TokenIssuer::new(&k.key, k.secret.as_bytes()).map_err(|e| e.to_string())?)
-            }
-            None => None,
-        };
-        if keys.is_empty() {
-            tracing::warn!("signaling.api_keys is empty: no access token can be verified, every join will be refused");
-        }
-        Ok(Signaling {
-            sfu,
-            verifier,
-            issuer,
-            cfg: config.signaling.clone(),
-            ice: IceServers::from_config(config),
-            ready,
-            resources: Default::default(),
-        })
-    }
-
-    pub(crate) fn accepting(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::state::{unix_now, Peer, Signaling};
+use crate::token::Role;
 
 /// The API routes.
 pub fn router(state: Arc<Signaling>) -> Router {
     Router::new()
         .route("/v1/rooms", get(rooms))
+        .route("/v1/regions", get(regions))
+        .route("/v1/ping", get(ping))
         .route("/v1/ws", get(ws))
         .route("/v1/dev-token", get(dev_token))
         .merge(crate::whip::routes())
@@ -102,26 +36,94 @@ fn problem(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// Every live device of the cluster with its region: this node's from its SFU, the others'
+/// from the local view of the directory (no directory round trip per request).
 async fn rooms(State(st): State<Arc<Signaling>>) -> Response {
-    match st.sfu.devices().await {
-        Ok(list) => {
-            let devices: Vec<_> = list
-                .iter()
-                .map(|d| {
-                    json!({
-                        "room": d.room, "device": d.identity, "live": d.live,
-                        "viewers": d.viewers, "bitrate_bps": d.bitrate_bps, "tracks": d.tracks,
-                    })
-                })
-                .collect();
-            Json(json!({ "devices": devices })).into_response()
-        }
-        Err(_) => problem(
+    let Ok(list) = st.sfu.devices().await else {
+        return problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "the node is stopping",
-        ),
-    }
+        );
+    };
+    let me = st.dir.me().to_string();
+    let region = st
+        .dir
+        .with_view(|v| v.node(&me).map(|n| n.region.clone()))
+        .unwrap_or_default();
+    let mut devices: Vec<_> = list
+        .iter()
+        .map(|d| {
+            json!({
+                "room": d.room, "device": d.identity, "live": d.live,
+                "viewers": d.viewers, "bitrate_bps": d.bitrate_bps, "tracks": d.tracks,
+                "region": region, "node": me,
+            })
+        })
+        .collect();
+    st.dir.with_view(|v| {
+        for (node, d) in v.devices() {
+            if node.id != me {
+                devices.push(json!({
+                    "room": d.room, "device": d.identity, "live": d.live,
+                    "viewers": d.viewers, "bitrate_bps": d.bitrate_bps, "tracks": d.tracks,
+                    "region": node.region, "node": node.id,
+                }));
+            }
+        }
+    });
+    with_cors(Json(json!({ "devices": devices })).into_response())
+}
+
+/// The healthy regions and the endpoints a client probes to rank them.
+async fn regions(State(st): State<Arc<Signaling>>) -> Response {
+    let me = st.dir.me().to_string();
+    let body = st.dir.with_view(|v| {
+        let regions: Vec<_> = v
+            .regions()
+            .into_iter()
+            .filter_map(|(region, nodes)| {
+                let nodes: Vec<_> = nodes
+                    .into_iter()
+                    .filter(|n| !n.draining)
+                    .map(|n| {
+                        json!({
+                            "id": n.id, "signaling": n.signaling, "ws": n.ws_url(),
+                            "stun": n.stun, "sessions": n.sessions, "devices": n.devices,
+                            "overloaded": n.overloaded(),
+                        })
+                    })
+                    .collect();
+                (!nodes.is_empty()).then(|| json!({"region": region, "nodes": nodes}))
+            })
+            .collect();
+        json!({
+            "node": me,
+            "region": v.node(&me).map(|n| n.region.clone()),
+            "regions": regions,
+        })
+    });
+    with_cors(Json(body).into_response())
+}
+
+/// An empty answer, for clients that time a round trip to a region over HTTP (the fallback
+/// when no STUN probe is possible).
+async fn ping() -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    with_cors(r)
+}
+
+/// Readable from pages of any origin (the SDK on one region's page asks the others).
+fn with_cors(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        axum::http::HeaderValue::from_static("*"),
+    );
+    r
 }
 
 /// Initial read buffer of a signaling WebSocket.

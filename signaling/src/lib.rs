@@ -9,9 +9,11 @@
 //! - `whip`: WHIP (RFC 9725) publishing and WHEP playback over plain HTTP.
 
 mod api;
+mod cluster;
 mod ice;
 mod pages;
 pub mod protocol;
+mod state;
 pub mod token;
 mod whip;
 mod ws;
@@ -20,25 +22,29 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-pub use api::{router, Signaling};
+pub use api::router;
+pub use state::Signaling;
 
-/// Binds the signaling listener and serves it in the background (on the current tokio
-/// runtime). Returns the bound address.
+/// Binds the signaling listener, joins the cluster directory, and serves the API in the
+/// background (on the current tokio runtime). Returns the bound address.
 pub async fn start(
     config: &meridian_config::Config,
     sfu: meridian_relay::net::SfuHandle,
     turn: (Vec<SocketAddr>, Vec<SocketAddr>, Vec<SocketAddr>),
     ready: Arc<AtomicBool>,
     tls_reload: &meridian_relay::net::TlsReload,
+    status: &meridian_relay::net::StatusBoard,
 ) -> Result<SocketAddr, String> {
-    let mut state = Signaling::new(config, sfu, ready)?;
-    state.ice.set_bound(turn.0, turn.1, turn.2);
-    let app = router(Arc::new(state)).into_make_service_with_connect_info::<api::Peer>();
     let listen = config.signaling.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on signaling {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let info = cluster::node_info(config, addr, &turn.0);
+    let dir = cluster::start(config, info, sfu.clone(), ready.clone(), status).await?;
+    let mut state = Signaling::new(config, sfu, ready, dir)?;
+    state.ice.set_bound(turn.0, turn.1, turn.2);
+    let app = router(Arc::new(state)).into_make_service_with_connect_info::<state::Peer>();
     let tls = match (&config.signaling.tls_cert, &config.signaling.tls_key) {
         (Some(c), Some(k)) => Some(meridian_relay::net::ReloadableTls::load(c, k)?),
         _ => None,
@@ -122,10 +128,10 @@ mod tls_listener {
     }
 
     impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
-        for crate::api::Peer
+        for crate::state::Peer
     {
         fn connect_info(s: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-            crate::api::Peer(*s.remote_addr())
+            crate::state::Peer(*s.remote_addr())
         }
     }
 

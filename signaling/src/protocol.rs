@@ -5,6 +5,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use meridian_geo::RegionRtt;
 use meridian_relay::sfu::{Notice, ParticipantInfo, TrackInfo};
 
 /// The protocol version this node speaks.
@@ -22,6 +23,10 @@ pub mod close {
     pub const RATE_LIMITED: u16 = 4008;
     /// The media session failed (ICE timed out, DTLS failed).
     pub const MEDIA_FAILED: u16 = 4010;
+    /// Sent after a `redirect` message: reconnect to the URL it names.
+    pub const REDIRECT: u16 = 4302;
+    /// The join was redirected too many times (the nodes' views of the cluster disagree).
+    pub const REDIRECT_LOOP: u16 = 4011;
     /// The node is draining or stopping; reconnect (to another node).
     pub const GOING_AWAY: u16 = 1001;
     /// A message over the hard size cap.
@@ -36,6 +41,10 @@ pub enum ClientMessage {
         token: String,
         v: u32,
         resume_from: Option<u64>,
+        /// The RTTs the client measured to each region (empty: place it here).
+        regions: Vec<RegionRtt>,
+        /// How many times this join was redirected already.
+        redirects: u32,
     },
     Offer {
         sdp: String,
@@ -86,7 +95,21 @@ struct JoinBody {
     v: Option<u32>,
     #[serde(default)]
     resume_from: Option<u64>,
+    #[serde(default)]
+    regions: Vec<RegionBody>,
+    #[serde(default)]
+    redirects: Option<u32>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegionBody {
+    region: String,
+    rtt_ms: f64,
+}
+
+/// Most regions a join may rank.
+pub const MAX_RANKED_REGIONS: usize = 32;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -199,10 +222,39 @@ pub fn parse(text: &str) -> Result<(Option<u64>, ClientMessage), ParseError> {
     let msg = match typ.as_str() {
         "join" => {
             let b: JoinBody = serde_json::from_value(v).map_err(bad)?;
+            let invalid = |message: String| ParseError {
+                code: "bad_request",
+                message,
+                req,
+            };
+            if b.regions.len() > MAX_RANKED_REGIONS {
+                return Err(invalid(format!(
+                    "join: {} regions ranked; at most {MAX_RANKED_REGIONS}",
+                    b.regions.len()
+                )));
+            }
+            if let Some(r) = b.regions.iter().find(|r| {
+                r.region.is_empty() || r.region.len() > 64 || !r.rtt_ms.is_finite() || r.rtt_ms < 0.0
+            }) {
+                return Err(invalid(format!(
+                    "join: regions[]: region must be 1..=64 bytes and rtt_ms a finite number >= 0 (got {:?}, {})",
+                    r.region.chars().take(64).collect::<String>(),
+                    r.rtt_ms
+                )));
+            }
             ClientMessage::Join {
                 token: b.token,
                 v: b.v.unwrap_or(VERSION),
                 resume_from: b.resume_from,
+                regions: b
+                    .regions
+                    .into_iter()
+                    .map(|r| RegionRtt {
+                        region: r.region,
+                        rtt_ms: r.rtt_ms,
+                    })
+                    .collect(),
+                redirects: b.redirects.unwrap_or(0),
             }
         }
         "offer" => ClientMessage::Offer {
@@ -317,6 +369,20 @@ pub fn notice_json(n: &Notice) -> Value {
     }
 }
 
+/// The `redirect` server message: reconnect to `node`'s signaling and join again.
+pub fn redirect_json(
+    req: Option<u64>,
+    node: &meridian_geo::NodeInfo,
+    reason: meridian_geo::Reason,
+    rtt_ms: Option<f64>,
+) -> String {
+    json!({
+        "type": "redirect", "req": req, "url": node.ws_url(), "node": node.id,
+        "region": node.region, "reason": reason.as_str(), "rtt_ms": rtt_ms,
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,9 +396,20 @@ mod tests {
             ClientMessage::Join {
                 token: "t".into(),
                 v: 1,
-                resume_from: None
+                resume_from: None,
+                regions: vec![],
+                redirects: 0,
             }
         );
+        let (_, m) = parse(
+            r#"{"type":"join","token":"t","regions":[{"region":"eu","rtt_ms":21.5}],"redirects":1}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            m,
+            ClientMessage::Join { regions, redirects: 1, .. }
+                if regions == vec![RegionRtt { region: "eu".into(), rtt_ms: 21.5 }]
+        ));
         assert!(matches!(
             parse(r#"{"type":"offer","sdp":"v=0"}"#).unwrap().1,
             ClientMessage::Offer { .. }
@@ -377,6 +454,23 @@ mod tests {
         let e = parse(r#"{"type":"subscribe","track":"t","req":5}"#).unwrap_err();
         assert_eq!(e.code, "bad_request");
         assert!(e.message.contains("mid"), "{}", e.message);
+        for bad in [
+            r#"{"type":"join","token":"t","regions":[{"region":"eu","rtt_ms":-1}]}"#,
+            r#"{"type":"join","token":"t","regions":[{"region":"","rtt_ms":1}]}"#,
+            r#"{"type":"join","token":"t","regions":[{"region":"eu"}]}"#,
+            r#"{"type":"join","token":"t","regions":"eu"}"#,
+        ] {
+            assert_eq!(parse(bad).unwrap_err().code, "bad_request", "{bad}");
+        }
+        let many: Vec<String> = (0..33)
+            .map(|i| format!(r#"{{"region":"r{i}","rtt_ms":1}}"#))
+            .collect();
+        let e = parse(&format!(
+            r#"{{"type":"join","token":"t","regions":[{}]}}"#,
+            many.join(",")
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("at most 32"), "{}", e.message);
         let e = parse(r#"{"type":"ping","extra":1}"#).unwrap_err();
         assert!(e.message.contains("extra"), "{}", e.message);
         assert_eq!(

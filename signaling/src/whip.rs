@@ -25,7 +25,7 @@ use meridian_relay::sfu::layer::LayerPrefs;
 use meridian_relay::sfu::{Notice, Role as SfuRole};
 use serde::Deserialize;
 
-use crate::api::{unix_now, Signaling};
+use crate::state::{unix_now, Signaling};
 use crate::token::Role;
 
 /// Sessions created over WHIP/WHEP, by resource id.
@@ -36,6 +36,8 @@ pub struct Resources {
 
 struct Resource {
     session: Arc<Session>,
+    /// The session's entry in the cluster directory, for as long as the resource lives.
+    _record: meridian_geo::SessionGuard,
     etag: String,
     /// The client's ICE ufrag from its offer (a PATCH with another one is an ICE restart).
     ufrag: String,
@@ -201,7 +203,12 @@ struct WhepQuery {
     device: Option<String>,
 }
 
-async fn whip(State(st): State<Arc<Signaling>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn whip(
+    State(st): State<Arc<Signaling>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let claims = match authorize(&st, &headers) {
         Ok(c) => c,
         Err(r) => return r,
@@ -227,11 +234,22 @@ async fn whip(State(st): State<Arc<Signaling>>, headers: HeaderMap, body: Bytes)
             "the offer sends no audio or video",
         );
     }
-    start(&st, &headers, claims, SfuRole::Device, sdp, "whip", None).await
+    let query = uri.query().map(str::to_string);
+    start(
+        &st,
+        &headers,
+        claims,
+        SfuRole::Device,
+        sdp,
+        ("whip", query),
+        None,
+    )
+    .await
 }
 
 async fn whep(
     State(st): State<Arc<Signaling>>,
+    uri: axum::http::Uri,
     Query(q): Query<WhepQuery>,
     headers: HeaderMap,
     body: Bytes,
@@ -255,7 +273,54 @@ async fn whep(
         Ok(s) => s,
         Err(r) => return r,
     };
-    start(&st, &headers, claims, role, sdp, "whep", Some(q.device)).await
+    let query = uri.query().map(str::to_string);
+    start(
+        &st,
+        &headers,
+        claims,
+        role,
+        sdp,
+        ("whep", query),
+        Some(q.device),
+    )
+    .await
+}
+
+/// 307 to the node that is the room's home, when it is not this one (the same POST, body and
+/// headers, at the other node's URL). Browsers drop `Authorization` on a redirect to another
+/// origin; the SDK uses the WebSocket `redirect` instead.
+async fn home_redirect(
+    st: &Signaling,
+    room: &str,
+    kind: &str,
+    query: Option<&str>,
+) -> Option<Response> {
+    let placement = st.dir.place(room, &[], false);
+    let node = if placement.here {
+        match st.dir.claim(room).await {
+            meridian_geo::Home::Here => return None,
+            meridian_geo::Home::Elsewhere(node) => *node,
+        }
+    } else {
+        placement.node
+    };
+    metrics::counter!("meridian_route_redirects_total", "reason" => "room_home").increment(1);
+    let target = match query {
+        Some(q) => node.url(&format!("/{kind}?{q}")),
+        None => node.url(&format!("/{kind}")),
+    };
+    let mut r = (
+        StatusCode::TEMPORARY_REDIRECT,
+        format!(
+            "room {room:?} is served by node {} ({}): {target}\n",
+            node.id, node.region
+        ),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&target) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Some(cors(r))
 }
 
 async fn start(
@@ -264,7 +329,7 @@ async fn start(
     claims: crate::token::Claims,
     role: SfuRole,
     sdp: String,
-    kind: &'static str,
+    (kind, query): (&'static str, Option<String>),
     watch: Option<Option<String>>,
 ) -> Response {
     if !st.accepting() {
@@ -273,6 +338,9 @@ async fn start(
             "going_away",
             "the node is draining",
         );
+    }
+    if let Some(r) = home_redirect(st, &claims.room, kind, query.as_deref()).await {
+        return r;
     }
     let Ok(mut session) = st.sfu.join(&claims.room, &claims.sub, role, None).await else {
         return problem(
@@ -333,11 +401,18 @@ async fn start(
     let etag = format!("\"{:016x}\"", rand::random::<u64>());
     let (_, closed) = tokio::sync::mpsc::unbounded_channel();
     let notices = std::mem::replace(&mut session.notices, closed);
+    let record = st.dir.session(
+        session.id.to_string(),
+        &claims.room,
+        &claims.sub,
+        role.as_str(),
+    );
     let session = Arc::new(session);
     if let Ok(mut m) = st.resources.map.lock() {
         m.insert(
             id.clone(),
             Resource {
+                _record: record,
                 session,
                 etag: etag.clone(),
                 ufrag,

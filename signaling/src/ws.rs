@@ -7,14 +7,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use meridian_geo::{Home, Reason};
 use meridian_relay::net::Session;
 use meridian_relay::sfu::layer::LayerPrefs;
 use meridian_relay::sfu::{Notice, Role as SfuRole, SfuError};
 use serde_json::json;
 
-use crate::api::{unix_now, Signaling};
 use crate::protocol::{self, close, ClientMessage};
+use crate::state::{unix_now, Signaling};
 use crate::token::Role;
+
+/// Redirects a join may have taken before this node serves or refuses it.
+const MAX_REDIRECTS: u32 = 3;
 
 /// Rate-limit violations in a row after which the connection is closed.
 const MAX_VIOLATIONS: u32 = 200;
@@ -32,6 +36,7 @@ async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
         close::MEDIA_FAILED => "media_failed",
         close::GOING_AWAY => "going_away",
         close::TOO_BIG => "too_large",
+        close::REDIRECT_LOOP => "redirect_loop",
         _ => "closed",
     });
     // Close reasons are limited to 123 bytes.
@@ -105,15 +110,17 @@ pub async fn session(
         return close_with(&mut socket, close::JOIN_REQUIRED, &why).await;
     }
     let join_started = Instant::now();
-    let (req, token, v, resume_from) = match protocol::parse(&first) {
+    let (req, token, v, resume_from, regions, redirects) = match protocol::parse(&first) {
         Ok((
             req,
             ClientMessage::Join {
                 token,
                 v,
                 resume_from,
+                regions,
+                redirects,
             },
-        )) => (req, token, v, resume_from),
+        )) => (req, token, v, resume_from, regions, redirects),
         Ok(_) => {
             return close_with(
                 &mut socket,
@@ -147,6 +154,47 @@ pub async fn session(
         )
         .await;
     }
+    // 2. Placement: the room's home, else the nearest region the client measured.
+    let placement = st.dir.place(&claims.room, &regions, redirects == 0);
+    let target = if !placement.here {
+        Some((placement.node.clone(), placement.reason))
+    } else {
+        match st.dir.claim(&claims.room).await {
+            Home::Here => None,
+            Home::Elsewhere(node) => Some((*node, Reason::RoomHome)),
+        }
+    };
+    if let Some((node, reason)) = target {
+        if redirects >= MAX_REDIRECTS {
+            let why = format!(
+                "redirected {redirects} times already; room {:?} is on node {} but the nodes disagree",
+                claims.room, node.id
+            );
+            return close_with(&mut socket, close::REDIRECT_LOOP, &why).await;
+        }
+        metrics::counter!("meridian_route_redirects_total", "reason" => reason.as_str())
+            .increment(1);
+        tracing::debug!(%peer, room = %claims.room, to = %node.id, reason = reason.as_str(), "redirected");
+        let rtt = regions
+            .iter()
+            .filter(|r| r.region == node.region)
+            .map(|r| r.rtt_ms)
+            .reduce(f64::min);
+        if send(
+            &mut socket,
+            protocol::redirect_json(req, &node, reason, rtt),
+        )
+        .await
+        {
+            close_with(&mut socket, close::REDIRECT, &format!("go to {}", node.id)).await;
+        }
+        return;
+    }
+    metrics::counter!("meridian_route_sessions_total", "reason" => placement.reason.as_str())
+        .increment(1);
+    if let Some(rtt) = placement.rtt_ms {
+        metrics::histogram!("meridian_route_rtt_seconds").record(rtt / 1000.0);
+    }
     let role = match claims.role {
         Role::Device => SfuRole::Device,
         Role::Player => SfuRole::Player,
@@ -160,12 +208,24 @@ pub async fn session(
         return close_with(&mut socket, close::GOING_AWAY, "the node is stopping").await;
     };
     tracing::debug!(%peer, room = %claims.room, identity = %claims.sub, role = role.as_str(), "joined");
+    let _record = st.dir.session(
+        session.id.to_string(),
+        &claims.room,
+        &claims.sub,
+        role.as_str(),
+    );
     // Built and dropped before the session's loop: the room snapshot is only for this
     // message, and a session lives for hours.
     let joined = json!({
         "type": "joined", "req": req, "v": protocol::VERSION,
         "participant": session.id.to_string(), "identity": claims.sub, "role": role.as_str(),
         "room": claims.room, "expires": claims.exp,
+        "node": placement.node.id, "region": placement.node.region,
+        "route": {
+            "reason": placement.reason.as_str(), "rtt_ms": placement.rtt_ms,
+            "redirects": redirects,
+            "regions": regions.iter().map(|r| json!({"region": r.region, "rtt_ms": r.rtt_ms})).collect::<Vec<_>>(),
+        },
         "ice_servers": st.ice.for_session(&claims.sub, now, claims.exp, host.as_deref()),
         "last_seq": session.last_seq,
         "participants": std::mem::take(&mut session.participants).iter().map(protocol::participant_json).collect::<Vec<_>>(),
@@ -176,7 +236,7 @@ pub async fn session(
         return;
     }
 
-    // 2. Requests and events.
+    // 3. Requests and events.
     let mut bucket = Bucket {
         tokens: cfg.message_burst as f64,
         rate: cfg.messages_per_sec as f64,

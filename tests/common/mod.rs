@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+pub mod str0m_peer;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};

@@ -18,6 +18,7 @@ mod stream;
 mod tls;
 mod worker;
 
+pub use admin::StatusBoard;
 pub use node::{run, Attach, AttachContext, RunOptions, TlsReload};
 pub use sfu::{Gone, Session, SfuHandle, SfuNode};
 pub use tls::ReloadableTls;

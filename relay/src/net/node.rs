@@ -37,6 +37,8 @@ pub struct AttachContext {
     pub ready: Arc<AtomicBool>,
     /// Certificates SIGHUP reloads: a service adds its own (named, for the log).
     pub tls_reload: TlsReload,
+    /// Lines a service adds to `/readyz`.
+    pub status: admin::StatusBoard,
 }
 
 /// The node's reloadable certificates, by what serves them ("TURN", "signaling").
@@ -305,7 +307,8 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
         let signals = stop_signals()?;
         let admin_listener = tokio::net::TcpListener::bind(config.admin.listen).await.map_err(|source| NodeError::Listen { transport: "admin HTTP", addr: config.admin.listen, source })?;
         let admin_addr = admin_listener.local_addr()?;
-        let app = admin::router(prometheus.clone(), ready.clone());
+        let status = admin::StatusBoard::default();
+        let app = admin::router(prometheus.clone(), ready.clone(), status.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(admin_listener, app).await {
                 tracing::error!("admin listener failed: {e}");
@@ -325,6 +328,7 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
         let services = match attach {
             Some(attach) => attach(AttachContext {
                 tls_reload: tls_reload.clone(),
+                status: status.clone(),
                 sfu: sfu.handle(),
                 turn_udp: bound_udp.clone(),
                 turn_tcp: bound_tcp.clone(),
