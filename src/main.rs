@@ -98,6 +98,9 @@ enum Bench {
     /// against a node it starts, beside a kernel-floor fan-out; reports delivered packets/s,
     /// loss, forwarding latency, join-to-first-frame, CPU per forwarded packet and RSS.
     Sfu(Box<meridian_bench::sfu::SfuArgs>),
+    /// A delay shim: forwards UDP and TCP to a node with emulated one-way delay, jitter and
+    /// loss, as a 1:1 NAT in front of it would (this kernel has no netem). See bench/README.md.
+    Shim(Box<meridian_bench::shim::ShimArgs>),
 }
 
 fn main() -> ExitCode {
@@ -167,6 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(Bench::Turn(args)) => meridian_bench::turn::run(*args),
         Command::Bench(Bench::Sfu(args)) => meridian_bench::sfu::run(*args),
+        Command::Bench(Bench::Shim(args)) => meridian_bench::shim::run(*args),
         Command::Device(args) => meridian_bench::client::device::run(*args),
     }
 }

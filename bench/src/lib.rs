@@ -6,7 +6,9 @@
 //!   a node, beside a kernel-floor fan-out.
 //! - [`client`]: WebRTC clients (signaling, a test-pattern H.264 source) and the
 //!   `meridian device` simulator.
+//! - [`shim`]: `meridian bench shim`, emulated delay, jitter and loss in front of a node.
 
 pub mod client;
 pub mod sfu;
+pub mod shim;
 pub mod turn;

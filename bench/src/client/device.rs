@@ -19,7 +19,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 
-use super::signal::{http_get_json, Signal};
+use super::signal::http_get_json;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeviceArgs {
@@ -51,6 +51,10 @@ pub struct DeviceArgs {
     /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long)]
     pub seconds: Option<u64>,
+    /// Join the node --url names without measuring the RTT to each region first (by default
+    /// a device in a cluster measures and is placed on its nearest region).
+    #[arg(long)]
+    pub no_measure: bool,
 }
 
 fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
@@ -148,10 +152,26 @@ async fn run_async(args: DeviceArgs) -> anyhow::Result<()> {
     }
     let token = token(&args).await?;
     let started = Instant::now();
-    let mut signal = Signal::join(&args.url, &token, None).await?;
+    let routed = super::probe::join_nearest(&args.url, &token, None, !args.no_measure).await?;
+    let mut signal = routed.signal;
+    let ranking: Vec<String> = routed
+        .measured
+        .iter()
+        .map(|m| format!("{} {} ms", m.region, m.rtt_ms))
+        .collect();
     eprintln!(
-        "meridian device: joined room {} as {} ({})",
-        signal.joined["room"], signal.joined["identity"], signal.joined["participant"]
+        "meridian device: joined room {} as {} ({}) on node {} in region {} ({}; measured: {})",
+        signal.joined["room"],
+        signal.joined["identity"],
+        signal.joined["participant"],
+        signal.joined["node"].as_str().unwrap_or("?"),
+        signal.joined["region"].as_str().unwrap_or("?"),
+        signal.joined["route"]["reason"].as_str().unwrap_or("local"),
+        if ranking.is_empty() {
+            "nothing".to_string()
+        } else {
+            ranking.join(", ")
+        }
     );
 
     let mut rtc = Rtc::builder()

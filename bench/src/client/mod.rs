@@ -3,4 +3,5 @@
 
 pub mod device;
 pub mod pattern;
+pub mod probe;
 pub mod signal;

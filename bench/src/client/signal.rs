@@ -22,29 +22,52 @@ pub struct Signal {
     pub joined: Value,
 }
 
+/// Redirects a join follows.
+const MAX_REDIRECTS: u32 = 3;
+
 /// How long a request may wait for its reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Signal {
     /// Connects to `base` (http(s)://host:port) and joins with `token`.
     pub async fn join(base: &str, token: &str, resume_from: Option<u64>) -> anyhow::Result<Signal> {
-        let url = ws_url(base)?;
-        let (ws, _) = tokio::time::timeout(REPLY_TIMEOUT, tokio_tungstenite::connect_async(&url))
-            .await
-            .map_err(|_| anyhow!("{url}: no WebSocket handshake within {REPLY_TIMEOUT:?}"))?
-            .with_context(|| format!("cannot connect to {url}"))?;
-        let mut s = Signal {
-            ws,
-            next_req: 1,
-            backlog: Vec::new(),
-            joined: Value::Null,
-        };
         let mut join = json!({"type": "join", "v": 1, "token": token});
         if let Some(r) = resume_from {
             join["resume_from"] = json!(r);
         }
-        s.joined = s.request(join).await.context("join")?;
+        let (s, _) = Signal::join_routed(base, join).await?;
         Ok(s)
+    }
+
+    /// Joins with `join` (a `join` message, with `regions` when the client measured), and
+    /// follows `redirect` replies (at most 3) to the node that serves the session. Returns the
+    /// joined connection and the base URL of the node it is on.
+    pub async fn join_routed(base: &str, mut join: Value) -> anyhow::Result<(Signal, String)> {
+        let mut base = base.trim_end_matches('/').to_string();
+        for hop in 0..=MAX_REDIRECTS {
+            let url = ws_url(&base)?;
+            let (ws, _) =
+                tokio::time::timeout(REPLY_TIMEOUT, tokio_tungstenite::connect_async(&url))
+                    .await
+                    .map_err(|_| anyhow!("{url}: no WebSocket handshake within {REPLY_TIMEOUT:?}"))?
+                    .with_context(|| format!("cannot connect to {url}"))?;
+            let mut s = Signal {
+                ws,
+                next_req: 1,
+                backlog: Vec::new(),
+                joined: Value::Null,
+            };
+            join["redirects"] = json!(hop);
+            let reply = s.request(join.clone()).await.context("join")?;
+            if reply["type"] == "redirect" {
+                let to = reply["url"].as_str().unwrap_or_default();
+                base = http_base(to)?;
+                continue;
+            }
+            s.joined = reply;
+            return Ok((s, base));
+        }
+        bail!("join redirected more than {MAX_REDIRECTS} times")
     }
 
     /// Sends a request and waits for its reply (`error` replies become errors).
@@ -133,6 +156,18 @@ pub fn ws_url(base: &str) -> anyhow::Result<String> {
     } else {
         format!("{rest}/v1/ws")
     })
+}
+
+/// ws://h:p/v1/ws → http://h:p (wss → https).
+pub fn http_base(ws: &str) -> anyhow::Result<String> {
+    let rest = ws.trim_end_matches('/').trim_end_matches("/v1/ws");
+    if let Some(r) = rest.strip_prefix("wss://") {
+        Ok(format!("https://{r}"))
+    } else if let Some(r) = rest.strip_prefix("ws://") {
+        Ok(format!("http://{r}"))
+    } else {
+        bail!("redirect to {ws:?}: not a ws:// or wss:// URL")
+    }
 }
 
 /// GET `path` from the signaling API (plain HTTP only), as JSON.
