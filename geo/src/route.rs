@@ -76,7 +76,7 @@ pub fn place(
         here: true,
         reason,
     };
-    if ranking.is_empty() || !may_redirect {
+    if ranking.is_empty() {
         return Some(local(Reason::Local));
     }
     let mut candidates: Vec<(f64, &NodeInfo)> = view
@@ -98,6 +98,10 @@ pub fn place(
             .then_with(|| a.1.id.cmp(&b.1.id))
     });
     let (rtt, node) = candidates[0];
+    if !here(node) && !may_redirect {
+        // Already redirected by RTT: stay, even if this node's view disagrees.
+        return Some(local(Reason::Local));
+    }
     Some(Placement {
         here: here(node),
         node: node.clone(),
@@ -176,6 +180,11 @@ mod tests {
         assert_eq!(
             chosen(place(&v, "r", &r, false)),
             ("a".into(), Reason::Local)
+        ); // Redirected here already, and this node is the nearest: it says so.
+        let r = rtts(&[("us", 100.0), ("eu", 5.0)]);
+        assert_eq!(
+            chosen(place(&v, "r", &r, false)),
+            ("a".into(), Reason::Nearest)
         );
     }
 

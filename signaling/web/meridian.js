@@ -39,6 +39,12 @@ const STABLE_AFTER_MS = 10_000;
 const MAX_UNAUTHORIZED = 3;
 /** stats(): rates are measured over at least this long. */
 const RATE_MIN_INTERVAL_MS = 500;
+/** Measuring one region (STUN, then the HTTP fallback) gives up after this long. */
+const MEASURE_TIMEOUT_MS = 2_000;
+/** A reconnect measures again when the last measurement is older than this. */
+const MEASURE_MAX_AGE_MS = 60_000;
+/** A join follows at most this many redirects (the node closes a longer chain with 4011). */
+const MAX_REDIRECTS = 3;
 
 /** WebSocket close codes the node uses (docs/signaling.md). */
 export const CloseCode = Object.freeze({
@@ -50,6 +56,8 @@ export const CloseCode = Object.freeze({
   UNSUPPORTED_VERSION: 4005,
   RATE_LIMITED: 4008,
   MEDIA_FAILED: 4010,
+  REDIRECT_LOOP: 4011,
+  REDIRECT: 4302,
 });
 
 /** An error from the node: `code` is the documented error code (or a close code). */
@@ -81,6 +89,122 @@ function wsUrl(base) {
   const u = new URL('v1/ws', base);
   u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
   return u.href;
+}
+
+// ---------------------------------------------------------------- measuring regions
+
+/** `host:port` (or `[v6]:port`) → a `stun:` URL. */
+function stunUrl(endpoint) {
+  if (typeof endpoint !== 'string' || !/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(endpoint)) return null;
+  return `stun:${endpoint}`;
+}
+
+/**
+ * The round trip to a STUN server, in ms: the time an RTCPeerConnection takes from starting
+ * to gather to its server-reflexive candidate (one Binding request and its response). Null
+ * when the browser yields none within `timeoutMs` (it drops a server-reflexive candidate equal
+ * to a host candidate, as on one machine without NAT).
+ */
+function stunRtt(endpoint, timeoutMs) {
+  const url = stunUrl(endpoint);
+  if (!url || typeof RTCPeerConnection === 'undefined') return Promise.resolve(null);
+  return new Promise((resolve) => {
+    let pc;
+    try {
+      pc = new RTCPeerConnection({ iceServers: [{ urls: url }] });
+    } catch {
+      resolve(null);
+      return;
+    }
+    let t0 = 0;
+    let done = false;
+    const finish = (v) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      pc.onicecandidate = null;
+      pc.close();
+      resolve(v);
+    };
+    const timer = setTimeout(() => finish(null), timeoutMs);
+    pc.onicecandidate = (e) => {
+      if (!e.candidate) finish(null); // gathering ended without one
+      else if (e.candidate.type === 'srflx') finish(performance.now() - t0);
+    };
+    pc.createDataChannel('probe');
+    pc.createOffer()
+      .then((offer) => {
+        t0 = performance.now();
+        return pc.setLocalDescription(offer);
+      })
+      .catch(() => finish(null));
+  });
+}
+
+/** The lowest of three `GET /v1/ping` round trips after a warm-up (TCP/TLS set-up not counted). */
+async function httpRtt(signaling, timeoutMs) {
+  let url;
+  try {
+    url = new URL('v1/ping', baseUrl(signaling)).href;
+  } catch {
+    return null;
+  }
+  const deadline = performance.now() + timeoutMs;
+  const once = async () => {
+    const left = deadline - performance.now();
+    if (left <= 0) throw new Error('timeout');
+    const ctl = new AbortController();
+    const t = setTimeout(() => ctl.abort(), left);
+    const t0 = performance.now();
+    try {
+      const r = await fetch(url, { cache: 'no-store', mode: 'cors', signal: ctl.signal });
+      if (!r.ok) throw new Error(`HTTP ${r.status}`);
+      return performance.now() - t0;
+    } finally {
+      clearTimeout(t);
+    }
+  };
+  try {
+    await once();
+    let best = Infinity;
+    for (let i = 0; i < 3; i++) best = Math.min(best, await once());
+    return best;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Measures the RTT to every healthy region that the node at `url` lists (`GET /v1/regions`):
+ * STUN to the region's first node (the media path), or timing `GET /v1/ping` on its
+ * signaling URL where the browser yields no server-reflexive candidate. Resolves to
+ * `[{region, rttMs, method: 'stun'|'http', node}]`, nearest first; regions that answered
+ * neither are left out. With fewer than two regions listed there is nothing to choose and it
+ * resolves to [] without measuring.
+ */
+export async function measureRegions(url, { timeoutMs = MEASURE_TIMEOUT_MS } = {}) {
+  const res = await fetch(new URL('v1/regions', baseUrl(url)), { cache: 'no-store' });
+  if (!res.ok) throw new MeridianError('http', `GET /v1/regions: HTTP ${res.status}`, { status: res.status });
+  const body = await res.json();
+  const regions = Array.isArray(body?.regions) ? body.regions : [];
+  // One region is no choice; do not spend a measurement on it.
+  if (regions.length < 2) return [];
+  const one = async (r) => {
+    const node = Array.isArray(r?.nodes) ? r.nodes[0] : null;
+    if (typeof r?.region !== 'string' || !node) return null;
+    const stun = Array.isArray(node.stun) ? node.stun[0] : null;
+    let rtt = stun ? await stunRtt(stun, timeoutMs) : null;
+    let method = 'stun';
+    if (rtt == null && typeof node.signaling === 'string') {
+      rtt = await httpRtt(node.signaling, timeoutMs);
+      method = 'http';
+    }
+    if (rtt == null) return null;
+    return { region: r.region, rttMs: Math.round(rtt * 10) / 10, method, node: node.id ?? null };
+  };
+  const measured = (await Promise.all(regions.map(one))).filter(Boolean);
+  measured.sort((a, b) => a.rttMs - b.rttMs);
+  return measured;
 }
 
 /** Exponential backoff with ±30 % jitter: 250 ms doubling up to 10 s. */
@@ -156,6 +280,9 @@ function toTracks(source) {
  *   state        {state, reason?, delayMs?}  'connecting' | 'joined' | 'connected' |
  *                'reconnecting' | 'closed'
  *   joined       the `joined` message (again after each reconnect)
+ *   measured     {regions}                   the RTT to each region, before a join ranks them
+ *   redirect     {url, node, region, reason, rttMs} the session belongs on another node; the
+ *                client joins there by itself
  *   participant  {action: 'joined'|'left', participant: {id, identity, role}}
  *   track        {identity, kind, track (MediaStreamTrack), info, stream} a remote track arrived
  *   published    {track, mid, kind}          one of our tracks is live under id `track`
@@ -176,13 +303,30 @@ export class Client extends EventTarget {
    * @param {'all'|'relay'} [opts.iceTransportPolicy]  'relay': media only through the node's TURN
    * @param {number} [opts.resumeFrom]  the last room sequence number seen (e.g. before a reload)
    * @param {boolean} [opts.reconnect]  default true
+   * @param {boolean} [opts.measure]  default true: in a cluster, measure the RTT to each region
+   *        before joining and let the node place the session on the nearest (following its
+   *        redirect); false joins the node `url` names
+   * @param {Array<{region: string, rttMs: number}>} [opts.regions]  a ranking measured
+   *        elsewhere, sent as is instead of measuring
    * @param {function(...any)} [opts.log]  debug log
    */
   constructor(opts = {}) {
     super();
     if (!opts.token) throw new TypeError('connect: a token (or a function returning one) is required');
-    this.base = baseUrl(opts.url);
+    /** The node the client was given; every fresh connection starts here. */
+    this.entryBase = baseUrl(opts.url);
+    /** The node the session is on (after redirects). */
+    this.base = this.entryBase;
     this.wsUrl = wsUrl(this.base);
+    this._measure = opts.measure !== false;
+    /** The last measurement: [{region, rttMs, method, node}], nearest first. */
+    this.regions = Array.isArray(opts.regions) ? opts.regions.filter((r) => typeof r?.region === 'string' && Number.isFinite(r?.rttMs)) : null;
+    // A ranking given by the application is used as is; otherwise measured before the first
+    // join and again at a reconnect once older than MEASURE_MAX_AGE_MS.
+    this._measure = this._measure && !this.regions;
+    this._measuredAt = null;
+    /** Where the node placed the session: {node, region, reason, rttMs, redirects}. */
+    this.placement = null;
     this._token = opts.token;
     this._wantRole = opts.role ?? null;
     this._policy = opts.iceTransportPolicy === 'relay' ? 'relay' : 'all';
@@ -433,7 +577,9 @@ export class Client extends EventTarget {
    *   the previous call), packetsLost (total), relayed (the selected candidate pair goes
    *   through a TURN relay), localCandidateType, remoteCandidateType, framesDecoded,
    *   framesDropped, framesPerSecond, frameWidth, frameHeight, jitterBufferMs, framesSent,
-   *   connectionState.
+   *   connectionState; and where the session is: region, node, route {reason, rttMs,
+   *   redirects} (how the node placed it) and regions (the last measurement,
+   *   [{region, rttMs, method}], nearest first, or null when none was made).
    */
   async stats() {
     const pc = this._pc;
@@ -454,6 +600,10 @@ export class Client extends EventTarget {
       frameHeight: null,
       jitterBufferMs: null,
       framesSent: 0,
+      region: this.placement?.region ?? null,
+      node: this.placement?.node ?? null,
+      route: this.placement ? { reason: this.placement.reason, rttMs: this.placement.rttMs, redirects: this.placement.redirects } : null,
+      regions: this.regions ? this.regions.map((r) => ({ region: r.region, rttMs: r.rttMs, method: r.method ?? 'given' })) : null,
     };
     if (!pc) return out;
     const report = await pc.getStats();
@@ -584,13 +734,38 @@ export class Client extends EventTarget {
 
   // ---------------------------------------------------------------- connection lifecycle
 
-  async _open() {
+  /**
+   * Opens a connection: to the entry node after measuring, or, following a `redirect`, to the
+   * node it names with the same token.
+   */
+  async _open(redirect = null) {
     if (this._closed) return;
     const gen = ++this._gen;
-    this._setState(this._everJoined ? 'reconnecting' : 'connecting');
+    if (!redirect) this._setState(this._everJoined ? 'reconnecting' : 'connecting');
+    const stale = this._measuredAt == null || performance.now() - this._measuredAt > MEASURE_MAX_AGE_MS;
+    if (!redirect && this._measure && stale) {
+      try {
+        const measured = await measureRegions(this.entryBase);
+        // Nothing measured (one region, or none answered): join where we are, unranked.
+        if (measured.length >= 1) {
+          this.regions = measured;
+          this._measuredAt = performance.now();
+          this._emit('measured', { regions: measured });
+          this._log('measured', measured);
+        }
+      } catch (e) {
+        this._log(`measuring regions failed (joining ${this.entryBase.host} unranked): ${e.message ?? e}`);
+      }
+      if (gen !== this._gen || this._closed) return;
+    }
+    if (!redirect) {
+      this.base = this.entryBase;
+      this.wsUrl = wsUrl(this.base);
+    }
+    const redirects = redirect?.redirects ?? 0;
     let token;
     try {
-      token = typeof this._token === 'function' ? await this._token() : this._token;
+      token = redirect ? redirect.token : typeof this._token === 'function' ? await this._token() : this._token;
     } catch (e) {
       if (gen !== this._gen) return;
       // Refused (an HTTP 4xx, e.g. dev tokens turned off): asking again will not help.
@@ -613,15 +788,19 @@ export class Client extends EventTarget {
     ws.onopen = () => {
       if (gen !== this._gen) return;
       const join = { type: 'join', token, v: PROTOCOL_VERSION };
+      if (this.regions?.length) join.regions = this.regions.slice(0, 32).map((r) => ({ region: r.region, rtt_ms: r.rttMs }));
+      if (redirects) join.redirects = redirects;
       // Resume after the last message received; a client that has received none but has
       // sent some resumes from just before its first acknowledged one (its sequence number
       // shows where the room was while we were connected). With neither, nothing is replayed.
       if (this.lastSeq != null) join.resume_from = this.lastSeq;
       else if (this._firstAckSeq != null) join.resume_from = Math.max(0, this._firstAckSeq - 1);
       this._request(join, JOIN_TIMEOUT_MS)
-        .then((joined) => {
+        .then((reply) => {
           this._clearTimer(joinTimer);
-          if (gen === this._gen) this._onJoined(gen, joined);
+          if (gen !== this._gen) return;
+          if (reply.type === 'redirect') this._followRedirect(gen, reply, token, redirects);
+          else this._onJoined(gen, reply);
         })
         .catch(() => {
           // a close or timeout is handled by onclose / joinTimer
@@ -643,6 +822,25 @@ export class Client extends EventTarget {
       if (gen !== this._gen) return;
       this._onWsClose(gen, e);
     };
+  }
+
+  /** A `redirect` reply to `join`: the session belongs on another node; join there. */
+  _followRedirect(gen, msg, token, redirects) {
+    let base;
+    try {
+      base = baseUrl(msg.url);
+      if (!/^wss?:$/.test(new URL(msg.url).protocol)) throw new Error('not a ws:// or wss:// URL');
+    } catch (e) {
+      return this._retry(gen, `redirect to ${JSON.stringify(msg.url)}: ${e.message ?? e}`);
+    }
+    if (redirects + 1 > MAX_REDIRECTS) return this._retry(gen, `redirected more than ${MAX_REDIRECTS} times`);
+    this._log('redirect', msg);
+    this._emit('redirect', { url: msg.url, node: msg.node, region: msg.region, reason: msg.reason, rttMs: msg.rtt_ms ?? null });
+    this._gen++; // the redirected socket's close (4302) is not a failure
+    this._teardown(`redirected to ${msg.node}`);
+    this.base = base;
+    this.wsUrl = msg.url;
+    this._open({ token, redirects: redirects + 1 });
   }
 
   _onWsClose(gen, e) {
@@ -739,6 +937,13 @@ export class Client extends EventTarget {
     this.room = msg.room;
     this.expires = msg.expires;
     this.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
+    this.placement = {
+      node: msg.node ?? null,
+      region: msg.region ?? null,
+      reason: msg.route?.reason ?? 'local',
+      rttMs: msg.route?.rtt_ms ?? null,
+      redirects: msg.route?.redirects ?? 0,
+    };
     // The room as it is now; tell the application who came and went while we were away.
     const before = this.participants;
     this.participants = new Map((msg.participants ?? []).map((p) => [p.id, p]));
@@ -1204,4 +1409,4 @@ export async function connect(opts) {
   return client;
 }
 
-export default { connect, Client, listRooms, devToken, backoffDelay, CloseCode, MeridianError };
+export default { connect, Client, listRooms, devToken, measureRegions, backoffDelay, CloseCode, MeridianError };

@@ -207,7 +207,9 @@ async function refreshStats() {
   player.lastStats = s;
   const size = s.frameWidth ? `${s.frameWidth}×${s.frameHeight}` : '–';
   const path = s.localCandidateType ? `${s.relayed ? 'relayed (TURN)' : 'direct'} · ${s.localCandidateType}→${s.remoteCandidateType}` : 'no path yet';
+  const where = s.region ? `region ${s.region} · node ${s.node} · ${s.route?.reason ?? 'local'}${s.regions?.length ? ` (measured ${s.regions.map((r) => `${r.region} ${Math.round(r.rttMs)} ms`).join(', ')})` : ''}` : null;
   els.stats.textContent = [
+    ...(where ? [where] : []),
     `${c.state} · RTT ${s.rttMs ?? '–'} ms`,
     `in ${s.bitrateKbps.in} kbit/s · out ${s.bitrateKbps.out} kbit/s`,
     `loss ${(s.packetLoss * 100).toFixed(1)} % (${s.packetsLost} total)`,

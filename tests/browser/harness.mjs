@@ -49,7 +49,8 @@ export function createHarness(tag) {
   const results = []; // { name, ok, detail }
   const cleanups = []; // run in reverse on exit
   const consoleLines = []; // the pages' console, printed on failure
-  const state = { node: null };
+  // `node`: the node whose log is printed on failure; `logs`: more [label, path] to print.
+  const state = { node: null, logs: [] };
 
   const log = (...a) => console.log(`[${tag}]`, ...a);
 
@@ -61,26 +62,31 @@ export function createHarness(tag) {
 
   /**
    * Starts a node in `dir`: TURN (UDP+TCP, REST credentials, loopback peers allowed), the SFU
-   * on UDP, signaling with dev tokens, all on ephemeral loopback ports.
+   * on UDP, signaling with dev tokens, all on ephemeral loopback ports — or, with `host` and
+   * `ports` ({signaling, turn, sfu}), on those. `apiSecret` signs tokens (nodes of one cluster
+   * share it); `publicIp` is the SFU's advertised address (`sfu.public_ip`, e.g. a shim's);
+   * `extra` lines are appended to the config (a [cluster] section, say).
    */
-  async function startMeridian(dir, { logLevel = 'info' } = {}) {
+  async function startMeridian(dir, { logLevel = 'info', host = '127.0.0.1', ports = {}, apiSecret = null, extra = [], publicIp = null, name = `${tag}-browser-test` } = {}) {
     const config = path.join(dir, 'meridian.toml');
+    const at = (port) => `${host}:${port ?? 0}`;
     fs.writeFileSync(
       config,
       [
-        '[node]', `name = "${tag}-browser-test"`, '',
+        '[node]', `name = "${name}"`, '',
         '[log]', `level = "${logLevel}"`, '',
         '[admin]', 'listen = "127.0.0.1:0"', '',
-        '[turn]', `realm = "meridian-${tag}-test"`, 'udp = ["127.0.0.1:0"]', 'tcp = ["127.0.0.1:0"]',
-        'relay_ipv4 = "127.0.0.1"', '',
+        '[turn]', `realm = "meridian-${tag}-test"`, `udp = ["${at(ports.turn)}"]`, `tcp = ["${at()}"]`,
+        `relay_ipv4 = "${host}"`, '',
         // REST credentials: the node mints per-session TURN credentials for `joined` and for
         // the WHIP/WHEP answers' Link headers.
         '[auth]', `rest_secrets = ["${randomBytes(16).toString('hex')}"]`, '',
         '[security]', 'allow_peers = ["127.0.0.0/8"]', '',
         '[drain]', 'deadline_secs = 1', '',
-        '[signaling]', 'listen = "127.0.0.1:0"', 'dev_tokens = true',
-        `api_keys = [{ key = "k", secret = "${randomBytes(16).toString('hex')}" }]`, '',
-        '[sfu]', 'udp = "127.0.0.1:0"', 'tcp = []', '',
+        '[signaling]', `listen = "${at(ports.signaling)}"`, 'dev_tokens = true',
+        `api_keys = [{ key = "k", secret = "${apiSecret ?? randomBytes(16).toString('hex')}" }]`, '',
+        '[sfu]', `udp = "${at(ports.sfu)}"`, 'tcp = []', ...(publicIp ? [`public_ip = "${publicIp}"`] : []), '',
+        ...extra, '',
       ].join('\n'),
     );
     const readyFile = path.join(dir, 'ready.json');
@@ -108,7 +114,7 @@ export function createHarness(tag) {
       return JSON.parse(fs.readFileSync(readyFile, 'utf8')); // written atomically
     }, 20);
     if (!ready.http) throw new Error(`the ready file names no signaling listener ("http"): ${JSON.stringify(ready)}`);
-    return { child, logPath, ready, base: `http://${ready.http}/` };
+    return { child, logPath, config, ready, base: `http://${ready.http}/` };
   }
 
   async function cleanup() {
@@ -149,6 +155,7 @@ export function createHarness(tag) {
     if (failed || !results.length || process.env[verboseEnv] === '1') {
       console.log(`---- page console (last 200 lines) ----\n${consoleLines.slice(-200).join('\n')}\n---- end ----`);
       if (state.node) console.log(`---- meridian output ----\n${readLog(state.node.logPath).slice(-20000)}\n---- end ----`);
+      for (const [label, p] of state.logs) console.log(`---- ${label} ----\n${readLog(p).slice(-20000)}\n---- end ----`);
     }
     await cleanup();
     clearTimeout(globalTimer);
