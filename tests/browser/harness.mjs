@@ -35,7 +35,7 @@ export function readLog(p) {
   }
 }
 
-function meridianBin() {
+export function meridianBin() {
   if (process.env.MERIDIAN_BIN) return process.env.MERIDIAN_BIN;
   for (const p of ['target/release/meridian', 'target/debug/meridian']) {
     const full = path.join(REPO, p);

@@ -28,7 +28,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { createHarness, readLog, sleep, waitFor } from './harness.mjs';
+import { createHarness, meridianBin, readLog, sleep, waitFor } from './harness.mjs';
 
 const GLOBAL_TIMEOUT_MS = 180_000;
 const FRAMES_TIMEOUT_MS = 30_000;
@@ -40,12 +40,6 @@ const REGIONS = [
 ];
 
 const { cleanups, consoleLines, state, log, record, startMeridian, run } = createHarness('regions');
-
-function meridianBin() {
-  if (process.env.MERIDIAN_BIN) return process.env.MERIDIAN_BIN;
-  for (const p of ['target/release/meridian', 'target/debug/meridian']) if (fs.existsSync(p)) return path.resolve(p);
-  throw new Error('no meridian binary: build it or set MERIDIAN_BIN');
-}
 
 /** A port free for TCP and UDP on `host` (probed by binding port 0, then released). */
 async function freePort(host, udp = false) {
