@@ -44,16 +44,6 @@ START_ALL=$SECONDS
 say() { printf '%s\n' "$*"; }
 header() { printf '\n==> %s\n' "$*"; }
 
-# Measured routing across three regions (nodes behind delay shims, one redis-server): the
-# device simulator and the SDK measure, are redirected to the nearest region and play from
-# it; see tests/browser/regions.mjs.
-suite_browser_regions() {
-  MERIDIAN_BIN=$(meridian_bin) timeout 300 node tests/browser/regions.mjs
-}
-if [[ $BROWSER == 1 ]]; then
-  run_suite "regions browser test vs meridian (chromium)" suite_browser_regions
-fi
-
 summary_and_exit() {
   header "summary ($((SECONDS - START_ALL)) s)"
   for l in "${SUITE_LINES[@]}"; do say "  $l"; done
