@@ -101,6 +101,14 @@ enum Bench {
     /// A delay shim: forwards UDP and TCP to a node with emulated one-way delay, jitter and
     /// loss, as a 1:1 NAT in front of it would (this kernel has no netem). See bench/README.md.
     Shim(Box<meridian_bench::shim::ShimArgs>),
+    /// Measured routing: a 3-region cluster (redis-server, a node and a delay shim per region)
+    /// with a client group near each region; N players per group measure, join and wait for
+    /// media beside players joining their nearest region directly. Reports each session's
+    /// region against the truly nearest and the time to media. See bench/README.md.
+    Route(Box<meridian_bench::route::RouteArgs>),
+    /// The cluster directory: Redis commands per node per second with S sessions and D devices
+    /// over 3 nodes (room lists included), and dead-node detection over K SIGKILLs.
+    Directory(Box<meridian_bench::route::directory::DirectoryArgs>),
 }
 
 fn main() -> ExitCode {
@@ -171,6 +179,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(Bench::Turn(args)) => meridian_bench::turn::run(*args),
         Command::Bench(Bench::Sfu(args)) => meridian_bench::sfu::run(*args),
         Command::Bench(Bench::Shim(args)) => meridian_bench::shim::run(*args),
+        Command::Bench(Bench::Route(args)) => meridian_bench::route::run(*args),
+        Command::Bench(Bench::Directory(args)) => meridian_bench::route::directory::run(*args),
         Command::Device(args) => meridian_bench::client::device::run(*args),
     }
 }

@@ -7,8 +7,11 @@
 //! - [`client`]: WebRTC clients (signaling, a test-pattern H.264 source) and the
 //!   `meridian device` simulator.
 //! - [`shim`]: `meridian bench shim`, emulated delay, jitter and loss in front of a node.
+//! - [`route`]: `meridian bench route` (placement of measured clients on a 3-region cluster
+//!   behind shims) and `meridian bench directory` (Redis load, dead-node detection).
 
 pub mod client;
+pub mod route;
 pub mod sfu;
 pub mod shim;
 pub mod turn;

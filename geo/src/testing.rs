@@ -36,16 +36,33 @@ fn pong(port: u16) -> bool {
 impl RedisServer {
     /// Starts one on a free port and waits until it answers (at most 10 s).
     pub fn start() -> RedisServer {
+        match RedisServer::try_start() {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`RedisServer::start`], with an error instead of a panic.
+    pub fn try_start() -> Result<RedisServer, String> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            return Err("redis-server is not installed (Debian: apt-get install redis-server; scripts/test.sh installs it)".into());
+        }
         for _ in 0..3 {
             let mut r = RedisServer {
                 port: free_port(),
                 child: None,
             };
             if r.restart() {
-                return r;
+                return Ok(r);
             }
         }
-        panic!("redis-server did not start (is Debian's redis-server installed? scripts/test.sh installs it)");
+        Err("redis-server did not start on a free loopback port within 10 s".into())
     }
 
     /// The `redis://` URL of the server.
@@ -56,7 +73,7 @@ impl RedisServer {
     /// Starts the server (again) on its port; true once it answers.
     pub fn restart(&mut self) -> bool {
         self.stop();
-        let child = Command::new("redis-server")
+        let Ok(child) = Command::new("redis-server")
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -72,7 +89,9 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("cannot run redis-server");
+        else {
+            return false;
+        };
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -95,14 +114,19 @@ impl RedisServer {
         }
     }
 
-    /// Runs a command with `redis-cli` and returns its output.
+    /// Runs a command with `redis-cli` and returns its output (empty when it cannot run).
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
+        Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
             .args(args)
             .output()
-            .expect("cannot run redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Calls per command from `INFO commandstats` (e.g. "hset" → 1200).
+    pub fn command_calls(&self) -> std::collections::BTreeMap<String, u64> {
+        parse_commandstats(&self.cli(&["INFO", "commandstats"]))
     }
 
     /// Commands the server has processed (from INFO stats).
@@ -115,8 +139,36 @@ impl RedisServer {
     }
 }
 
+/// `cmdstat_hset:calls=12,usec=...` lines → {"hset": 12}.
+pub fn parse_commandstats(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn commandstats_lines_parse() {
+        let m = super::parse_commandstats(
+            "# Commandstats\r\ncmdstat_hset:calls=12,usec=40,usec_per_call=3.33,rejected_calls=0,failed_calls=0\r\ncmdstat_publish:calls=7,usec=1\r\ngarbage\r\n",
+        );
+        assert_eq!(m.get("hset"), Some(&12));
+        assert_eq!(m.get("publish"), Some(&7));
+        assert_eq!(m.len(), 2);
     }
 }

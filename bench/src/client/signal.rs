@@ -1,6 +1,7 @@
 //! A signaling client (WebSocket, protocol v1) for the device simulator and the SFU bench:
 //! join with a token, then requests with `req` ids matched to their replies, and events.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -42,15 +43,38 @@ impl Signal {
     /// Joins with `join` (a `join` message, with `regions` when the client measured), and
     /// follows `redirect` replies (at most 3) to the node that serves the session. Returns the
     /// joined connection and the base URL of the node it is on.
-    pub async fn join_routed(base: &str, mut join: Value) -> anyhow::Result<(Signal, String)> {
+    pub async fn join_routed(base: &str, join: Value) -> anyhow::Result<(Signal, String)> {
+        let (s, base, _) = Signal::join_routed_on(base, join, None, None).await?;
+        Ok((s, base))
+    }
+
+    /// [`Signal::join_routed`] from the local address `local` (any when `None`), upgrading
+    /// `conn` (an open HTTP/1.1 connection to `base`, e.g. the one `/v1/regions` came over)
+    /// instead of connecting anew when it is given. Returns the connection, the base URL of
+    /// the node it is on and the redirects it followed.
+    pub async fn join_routed_on(
+        base: &str,
+        mut join: Value,
+        mut conn: Option<TcpStream>,
+        local: Option<IpAddr>,
+    ) -> anyhow::Result<(Signal, String, u32)> {
         let mut base = base.trim_end_matches('/').to_string();
         for hop in 0..=MAX_REDIRECTS {
             let url = ws_url(&base)?;
-            let (ws, _) =
-                tokio::time::timeout(REPLY_TIMEOUT, tokio_tungstenite::connect_async(&url))
-                    .await
-                    .map_err(|_| anyhow!("{url}: no WebSocket handshake within {REPLY_TIMEOUT:?}"))?
-                    .with_context(|| format!("cannot connect to {url}"))?;
+            if url.starts_with("wss://") {
+                bail!("{url}: wss:// is not supported by this client (no TLS)");
+            }
+            let stream = match conn.take() {
+                Some(c) => c,
+                None => connect_tcp(&hostport(&base)?, local).await?,
+            };
+            let (ws, _) = tokio::time::timeout(
+                REPLY_TIMEOUT,
+                tokio_tungstenite::client_async(url.as_str(), MaybeTlsStream::Plain(stream)),
+            )
+            .await
+            .map_err(|_| anyhow!("{url}: no WebSocket handshake within {REPLY_TIMEOUT:?}"))?
+            .with_context(|| format!("cannot connect to {url}"))?;
             let mut s = Signal {
                 ws,
                 next_req: 1,
@@ -65,7 +89,7 @@ impl Signal {
                 continue;
             }
             s.joined = reply;
-            return Ok((s, base));
+            return Ok((s, base, hop));
         }
         bail!("join redirected more than {MAX_REDIRECTS} times")
     }
@@ -170,36 +194,164 @@ pub fn http_base(ws: &str) -> anyhow::Result<String> {
     }
 }
 
+/// `host:port` of an `http(s)://host:port` (or `ws(s)://`) base URL.
+pub fn hostport(base: &str) -> anyhow::Result<String> {
+    let rest = ["http://", "https://", "ws://", "wss://"]
+        .iter()
+        .find_map(|p| base.strip_prefix(p))
+        .ok_or_else(|| anyhow!("{base:?}: expected http://host:port or https://host:port"))?;
+    Ok(rest.split('/').next().unwrap_or_default().to_string())
+}
+
+/// A TCP connection to `hostport`, from `local` when given (a client placed on an emulated
+/// network by its source address), with Nagle off.
+pub async fn connect_tcp(hostport: &str, local: Option<IpAddr>) -> anyhow::Result<TcpStream> {
+    let connect = async {
+        let mut last = None;
+        for addr in tokio::net::lookup_host(hostport).await? {
+            let sock = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            if let Some(ip) = local {
+                sock.bind(SocketAddr::new(ip, 0))?;
+            }
+            match sock.connect(addr).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok(s);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no address")))
+    };
+    tokio::time::timeout(REPLY_TIMEOUT, connect)
+        .await
+        .map_err(|_| anyhow!("{hostport}: connect timed out"))?
+        .with_context(|| format!("cannot connect to {hostport}"))
+}
+
 /// GET `path` from the signaling API (plain HTTP only), as JSON.
 pub async fn http_get_json(base: &str, path: &str) -> anyhow::Result<Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let hostport = base
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("{base}: only http:// is supported here"))?
-        .trim_end_matches('/');
-    let mut s = tokio::time::timeout(REPLY_TIMEOUT, TcpStream::connect(hostport))
-        .await
-        .map_err(|_| anyhow!("{hostport}: connect timed out"))??;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
+    if !base.starts_with("http://") {
+        bail!("{base}: only http:// is supported here");
+    }
+    let mut s = connect_tcp(&hostport(base)?, None).await?;
+    http_get_on(&mut s, base, path).await
+}
+
+/// GET `path` over an open connection to `base`, keeping it open (HTTP/1.1 keep-alive), as
+/// JSON; a non-200 answer is an error with the server's message.
+pub async fn http_get_on(s: &mut TcpStream, base: &str, path: &str) -> anyhow::Result<Value> {
+    use tokio::io::AsyncWriteExt;
+    let host = hostport(base)?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
-    let mut body = Vec::new();
-    tokio::time::timeout(REPLY_TIMEOUT, s.read_to_end(&mut body))
+    let (status, body) = tokio::time::timeout(REPLY_TIMEOUT, read_response(s))
         .await
-        .map_err(|_| anyhow!("{hostport}{path}: no response"))??;
-    let text = String::from_utf8_lossy(&body);
-    let (head, json) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("{path}: malformed HTTP response"))?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    let v: Value =
-        serde_json::from_str(json.trim()).with_context(|| format!("{path}: body is not JSON"))?;
-    if status != "200" {
+        .map_err(|_| anyhow!("{host}{path}: no response"))??;
+    let v: Value = serde_json::from_slice(&body)
+        .with_context(|| format!("{path}: body is not JSON (HTTP {status})"))?;
+    if status != 200 {
         bail!(
             "{path}: HTTP {status}: {}",
             v["error"]["message"].as_str().unwrap_or("")
         );
     }
     Ok(v)
+}
+
+/// Most bytes of a response head or body read here.
+const MAX_RESPONSE: usize = 4 << 20;
+
+/// Reads one HTTP/1.1 response (status, body): a `Content-Length` or chunked body, leaving
+/// the connection at the next response.
+async fn read_response(s: &mut TcpStream) -> anyhow::Result<(u16, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > MAX_RESPONSE {
+            bail!("response head too large");
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("connection closed before a response");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("malformed HTTP status line"))?;
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    let mut rest = buf[head_end..].to_vec();
+    if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        if len > MAX_RESPONSE {
+            bail!("response body too large ({len} bytes)");
+        }
+        while rest.len() < len {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                bail!("connection closed inside the body");
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        rest.truncate(len);
+        return Ok((status, rest));
+    }
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut body = Vec::new();
+        loop {
+            // A chunk: size line, data, CRLF.
+            let line_end = loop {
+                if let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    bail!("connection closed inside a chunk size");
+                }
+                rest.extend_from_slice(&chunk[..n]);
+            };
+            let size_text = String::from_utf8_lossy(&rest[..line_end]).to_string();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| anyhow!("bad chunk size {size_text:?}"))?;
+            if body.len() + size > MAX_RESPONSE {
+                bail!("response body too large");
+            }
+            let need = line_end + 2 + size + 2;
+            while rest.len() < need {
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    bail!("connection closed inside a chunk");
+                }
+                rest.extend_from_slice(&chunk[..n]);
+            }
+            body.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+            rest.drain(..need);
+            if size == 0 {
+                return Ok((status, body));
+            }
+        }
+    }
+    // Neither: the body runs to the end of the connection.
+    s.read_to_end(&mut rest).await?;
+    Ok((status, rest))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! starts), the frame tag byte, the send time (ns since the bench's epoch, same clock as the
 //! receivers) and padding to the packet size.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -82,8 +82,9 @@ struct Driver {
 }
 
 impl Driver {
-    async fn new(server: SocketAddr, rtc: Rtc) -> anyhow::Result<Driver> {
-        let sock = UdpSocket::bind("127.0.0.1:0").await?;
+    async fn new(server: SocketAddr, rtc: Rtc, local: Option<IpAddr>) -> anyhow::Result<Driver> {
+        let ip = local.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
         sock.connect(server).await?;
         let local = sock.local_addr()?;
         let mut rtc = rtc;
@@ -147,7 +148,20 @@ pub async fn publisher(
     packet_size: usize,
     shared: Arc<Shared>,
 ) -> anyhow::Result<(String, tokio::task::JoinHandle<anyhow::Result<()>>)> {
-    let mut signal = Signal::join(&base, &token, None).await?;
+    let signal = Signal::join(&base, &token, None).await?;
+    publisher_on(signal, server, None, bitrate_bps, packet_size, shared).await
+}
+
+/// [`publisher`] on a joined connection, its media socket bound to `local` (loopback when
+/// `None`) and sending to the node's SFU at `server`.
+pub async fn publisher_on(
+    mut signal: Signal,
+    server: SocketAddr,
+    local: Option<IpAddr>,
+    bitrate_bps: u64,
+    packet_size: usize,
+    shared: Arc<Shared>,
+) -> anyhow::Result<(String, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let mut rtc = vp8_rtc();
     let mut api = rtc.sdp_api();
     let mid: Mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
@@ -160,7 +174,7 @@ pub async fn publisher(
         SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap_or(""))?,
     )?;
     // The track id arrives as `published`, once media is connected.
-    let mut driver = Driver::new(server, rtc).await?;
+    let mut driver = Driver::new(server, rtc, local).await?;
     let mut events = signal.into_events();
     let (track_tx, track_rx) = tokio::sync::oneshot::channel::<String>();
     let mut track_tx = Some(track_tx);
@@ -265,7 +279,22 @@ pub async fn subscriber(
     shared: Arc<Shared>,
 ) -> anyhow::Result<SubResult> {
     let started = Instant::now();
-    let mut signal = Signal::join(&base, &token, None).await?;
+    let signal = Signal::join(&base, &token, None).await?;
+    subscriber_on(signal, server, None, track, shared, started, false).await
+}
+
+/// [`subscriber`] on a joined connection, its media socket bound to `local` (loopback when
+/// `None`); `first_frame` counts from `started`. With `first_frame_only` it returns as soon
+/// as the first media packet arrived.
+pub async fn subscriber_on(
+    mut signal: Signal,
+    server: SocketAddr,
+    local: Option<IpAddr>,
+    track: String,
+    shared: Arc<Shared>,
+    started: Instant,
+    first_frame_only: bool,
+) -> anyhow::Result<SubResult> {
     let mut rtc = vp8_rtc();
     let mut api = rtc.sdp_api();
     let mid = api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
@@ -282,14 +311,15 @@ pub async fn subscriber(
         SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap_or(""))?,
     )?;
     let _events = signal.into_events();
-    let mut driver = Driver::new(server, rtc).await?;
+    let mut driver = Driver::new(server, rtc, local).await?;
     let mut res = SubResult {
         received: 0,
         latency_ns: Histogram::new_with_bounds(1_000, 10_000_000_000, 3)?,
         first_frame: None,
     };
     let mut buf = vec![0u8; 2048];
-    while !shared.stop.load(Ordering::Relaxed) {
+    let done = |res: &SubResult| first_frame_only && res.first_frame.is_some();
+    while !(shared.stop.load(Ordering::Relaxed) || done(&res)) {
         let deadline = driver
             .drain(|e| {
                 if let Event::RtpPacket(p) = e {

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 /// One direction of an emulated path.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Path {
     /// One-way delay.
     pub delay: Duration,

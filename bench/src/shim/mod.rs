@@ -4,12 +4,14 @@
 //! address per client and its replies find their way back); each `--tcp LISTEN=TARGET` relays
 //! connections. Every packet or chunk waits in a [`delay::DelayLine`] per direction. The node
 //! advertises the shim's addresses (`cluster.public_signaling_url`, `cluster.public_stun`,
-//! `sfu.public_ip`), so clients reach it only through the emulated path.
+//! `sfu.public_ip`), so clients reach it only through the emulated path. `--from IP=MS` gives
+//! clients from one source address their own delay, so one shim per region can place groups
+//! of clients (each bound to its own loopback address) at different distances from it.
 
 pub mod delay;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,6 +54,10 @@ pub struct ShimArgs {
     /// Datagram loss probability per direction, 0..=1 (UDP only).
     #[arg(long, default_value_t = 0.0)]
     pub loss: f64,
+    /// One-way delay (each direction) for clients whose source address is IP, overriding the
+    /// delays above for them (repeatable): IP=MS, e.g. 127.0.11.1=10.
+    #[arg(long = "from", value_parser = parse_from)]
+    pub from: Vec<(IpAddr, f64)>,
     /// Write {"pid":N,"udp":[..],"tcp":[..]} here once every listener is bound.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -66,6 +72,42 @@ fn parse_map(s: &str) -> Result<(SocketAddr, SocketAddr), String> {
     Ok((l, t))
 }
 
+fn parse_from(s: &str) -> Result<(IpAddr, f64), String> {
+    let (ip, ms) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected IP=MS (e.g. 127.0.11.1=10)"))?;
+    let ip = ip.parse().map_err(|e| format!("{ip:?}: {e}"))?;
+    let ms = ms.parse().map_err(|e| format!("{ms:?}: {e}"))?;
+    Ok((ip, ms))
+}
+
+/// The emulated paths of a shim: the default (up, down) pair and per-source overrides.
+#[derive(Debug, Clone, Default)]
+pub struct Paths {
+    pub up: Path,
+    pub down: Path,
+    pub from: Vec<(IpAddr, Path, Path)>,
+}
+
+impl Paths {
+    /// The same path both ways for everyone.
+    pub fn symmetric(p: Path) -> Paths {
+        Paths {
+            up: p,
+            down: p,
+            from: vec![],
+        }
+    }
+
+    /// The (up, down) paths of a client at `src`.
+    pub fn for_source(&self, src: IpAddr) -> (Path, Path) {
+        self.from
+            .iter()
+            .find(|(ip, _, _)| *ip == src)
+            .map_or((self.up, self.down), |(_, u, d)| (*u, *d))
+    }
+}
+
 fn ms(v: f64, what: &str) -> anyhow::Result<Duration> {
     if !v.is_finite() || !(0.0..=60_000.0).contains(&v) {
         bail!("{what} must be 0..=60000 ms, got {v}");
@@ -74,8 +116,8 @@ fn ms(v: f64, what: &str) -> anyhow::Result<Duration> {
 }
 
 impl ShimArgs {
-    /// The (up, down) paths.
-    pub fn paths(&self) -> anyhow::Result<(Path, Path)> {
+    /// The paths: the default pair and one pair per `--from`.
+    pub fn paths(&self) -> anyhow::Result<Paths> {
         if !(0.0..=1.0).contains(&self.loss) {
             bail!("--loss must be 0..=1, got {}", self.loss);
         }
@@ -90,7 +132,16 @@ impl ShimArgs {
             jitter,
             loss: self.loss,
         };
-        Ok((p(up), p(down)))
+        let mut from = Vec::new();
+        for (ip, v) in &self.from {
+            let d = ms(*v, &format!("--from {ip}"))?;
+            from.push((*ip, p(d), p(d)));
+        }
+        Ok(Paths {
+            up: p(up),
+            down: p(down),
+            from,
+        })
     }
 }
 
@@ -98,13 +149,13 @@ pub fn run(args: ShimArgs) -> anyhow::Result<()> {
     if args.udp.is_empty() && args.tcp.is_empty() {
         bail!("nothing to forward: give --udp LISTEN=TARGET and/or --tcp LISTEN=TARGET");
     }
-    let (up, down) = args.paths()?;
+    let paths = args.paths()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let running = start(&args.udp, &args.tcp, up, down).await?;
+        let running = start(&args.udp, &args.tcp, paths.clone()).await?;
         if let Some(path) = &args.ready_file {
             let list = |v: &[SocketAddr]| {
                 v.iter()
@@ -123,13 +174,14 @@ pub fn run(args: ShimArgs) -> anyhow::Result<()> {
             std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
         }
         eprintln!(
-            "meridian shim: {} UDP and {} TCP forward(s), delay up {:?} down {:?}, jitter {:?}, loss {}",
+            "meridian shim: {} UDP and {} TCP forward(s), delay up {:?} down {:?}, jitter {:?}, loss {}, {} per-source delay(s)",
             running.udp.len(),
             running.tcp.len(),
-            up.delay,
-            down.delay,
-            up.jitter,
-            up.loss
+            paths.up.delay,
+            paths.down.delay,
+            paths.up.jitter,
+            paths.up.loss,
+            paths.from.len()
         );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -150,9 +202,9 @@ pub struct Running {
 pub async fn start(
     udp: &[(SocketAddr, SocketAddr)],
     tcp: &[(SocketAddr, SocketAddr)],
-    up: Path,
-    down: Path,
+    paths: Paths,
 ) -> anyhow::Result<Running> {
+    let paths = Arc::new(paths);
     let mut out = Running {
         udp: vec![],
         tcp: vec![],
@@ -162,14 +214,14 @@ pub async fn start(
             .await
             .with_context(|| format!("cannot bind UDP {listen}"))?;
         out.udp.push(sock.local_addr()?);
-        tokio::spawn(udp_forward(Arc::new(sock), *target, up, down));
+        tokio::spawn(udp_forward(Arc::new(sock), *target, Arc::clone(&paths)));
     }
     for (listen, target) in tcp {
         let l = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot bind TCP {listen}"))?;
         out.tcp.push(l.local_addr()?);
-        tokio::spawn(tcp_forward(l, *target, up, down));
+        tokio::spawn(tcp_forward(l, *target, Arc::clone(&paths)));
     }
     Ok(out)
 }
@@ -210,7 +262,7 @@ struct UdpClient {
     seen: Instant,
 }
 
-async fn udp_forward(listen: Arc<UdpSocket>, target: SocketAddr, up: Path, down: Path) {
+async fn udp_forward(listen: Arc<UdpSocket>, target: SocketAddr, paths: Arc<Paths>) {
     let clients: Arc<Mutex<HashMap<SocketAddr, UdpClient>>> = Arc::default();
     let mut buf = vec![0u8; 65536];
     loop {
@@ -241,6 +293,7 @@ async fn udp_forward(listen: Arc<UdpSocket>, target: SocketAddr, up: Path, down:
                 continue;
             };
             let upstream = Arc::new(upstream);
+            let (up, down) = paths.for_source(from.ip());
             let to_node = Arc::clone(&upstream);
             let up_send = delayed(up, true, move |d: Vec<u8>| {
                 let s = Arc::clone(&to_node);
@@ -290,12 +343,13 @@ async fn udp_forward(listen: Arc<UdpSocket>, target: SocketAddr, up: Path, down:
     }
 }
 
-async fn tcp_forward(listen: TcpListener, target: SocketAddr, up: Path, down: Path) {
+async fn tcp_forward(listen: TcpListener, target: SocketAddr, paths: Arc<Paths>) {
     loop {
-        let Ok((client, _)) = listen.accept().await else {
+        let Ok((client, peer)) = listen.accept().await else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
+        let (up, down) = paths.for_source(peer.ip());
         tokio::spawn(async move {
             let Ok(node) = TcpStream::connect(target).await else {
                 return; // the client sees the connection close
@@ -379,7 +433,12 @@ mod tests {
             }
         });
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let running = start(&[(any, echo_addr)], &[(any, tcp_addr)], path(15), path(10))
+        let paths = Paths {
+            up: path(15),
+            down: path(10),
+            from: vec![],
+        };
+        let running = start(&[(any, echo_addr)], &[(any, tcp_addr)], paths)
             .await
             .unwrap();
 
@@ -427,6 +486,44 @@ mod tests {
         assert_eq!(n, 0);
     }
 
+    #[tokio::test]
+    async fn clients_from_a_listed_source_get_their_own_delay() {
+        let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            for _ in 0..4 {
+                let (n, from) = echo.recv_from(&mut buf).await.unwrap();
+                echo.send_to(&buf[..n], from).await.unwrap();
+            }
+        });
+        let far: IpAddr = "127.0.11.1".parse().unwrap();
+        let paths = Paths {
+            up: path(1),
+            down: path(1),
+            from: vec![(far, path(60), path(60))],
+        };
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let running = start(&[(any, echo_addr)], &[], paths).await.unwrap();
+        let mut rtts = Vec::new();
+        for src in ["127.0.0.1", "127.0.11.1"] {
+            let c = UdpSocket::bind((src.parse::<IpAddr>().unwrap(), 0))
+                .await
+                .unwrap();
+            c.connect(running.udp[0]).await.unwrap();
+            let t0 = Instant::now();
+            c.send(b"ping").await.unwrap();
+            let mut buf = [0u8; 64];
+            tokio::time::timeout(Duration::from_secs(2), c.recv(&mut buf))
+                .await
+                .expect("the echo came back")
+                .unwrap();
+            rtts.push(t0.elapsed());
+        }
+        assert!(rtts[0] < Duration::from_millis(100), "{rtts:?}");
+        assert!(rtts[1] >= Duration::from_millis(120), "{rtts:?}");
+    }
+
     #[test]
     fn bad_arguments_are_refused_clearly() {
         assert!(parse_map("127.0.0.1:1")
@@ -441,13 +538,29 @@ mod tests {
             down_delay_ms: Some(3.0),
             jitter_ms: 0.0,
             loss: 0.0,
+            from: vec![("127.0.11.1".parse().unwrap(), 40.0)],
             ready_file: None,
         };
-        let (up, down) = a.paths().unwrap();
+        let p = a.paths().unwrap();
         assert_eq!(
-            (up.delay, down.delay),
+            (p.up.delay, p.down.delay),
             (Duration::from_millis(10), Duration::from_millis(3))
         );
+        let (u, d) = p.for_source("127.0.11.1".parse().unwrap());
+        assert_eq!(
+            (u.delay, d.delay),
+            (Duration::from_millis(40), Duration::from_millis(40))
+        );
+        assert_eq!(p.for_source("127.0.0.1".parse().unwrap()).0, p.up);
+        assert!(parse_from("127.0.0.1").unwrap_err().contains("IP=MS"));
+        assert!(parse_from("nope=1").is_err());
+        a.from = vec![("127.0.11.1".parse().unwrap(), -5.0)];
+        assert!(a
+            .paths()
+            .unwrap_err()
+            .to_string()
+            .contains("--from 127.0.11.1"));
+        a.from.clear();
         a.loss = 1.5;
         assert!(a.paths().unwrap_err().to_string().contains("--loss"));
         a.loss = 0.0;
