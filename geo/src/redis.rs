@@ -1,5 +1,11 @@
 //! The Redis directory (through `fred`).
 //!
+//! Why `fred` rather than `redis`: it is async-first on tokio, reconnects by itself with a
+//! backoff policy and re-subscribes pub/sub channels after a reconnect (which the directory's
+//! push updates depend on), speaks Sentinel and Redis Cluster from the same client type, does
+//! TLS through rustls with the aws-lc-rs provider already in the tree, and pipelines and runs
+//! Lua scripts without a separate connection manager.
+//!
 //! Layout, under the configured prefix `P`:
 //! - `P:node:{id}`: a hash per node, expiring `death_timeout` after its last heartbeat —
 //!   `hdr` (the update header: epoch, seq, node info), `devices` (JSON list), `s:{session}`
