@@ -354,6 +354,42 @@ async fn read_response(s: &mut TcpStream) -> anyhow::Result<(u16, Vec<u8>)> {
     Ok((status, rest))
 }
 
+/// The API key every node the bench starts is configured with.
+pub const API_KEY: &str = "bench";
+/// Its secret.
+pub const API_SECRET: &str = "bench-secret-0123456789abcdef";
+
+/// An access token for a node the bench started, signed with [`API_KEY`], valid for an hour.
+pub fn mint(
+    identity: &str,
+    room: &str,
+    role: meridian_signaling::token::Role,
+) -> anyhow::Result<String> {
+    let issuer = meridian_signaling::token::TokenIssuer::new(API_KEY, API_SECRET.as_bytes())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    Ok(issuer.mint(identity, room, role, now, 3600)?)
+}
+
+/// A node's admin `/metrics` text (one bounded HTTP/1.1 GET, at most 5 s and 16 MiB).
+pub async fn admin_metrics(admin: SocketAddr) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = Vec::new();
+        s.take(16 << 20).read_to_end(&mut body).await.ok()?;
+        Some(String::from_utf8_lossy(&body).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(5), get)
+        .await
+        .ok()??;
+    Some(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

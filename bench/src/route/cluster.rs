@@ -14,8 +14,7 @@ use meridian_geo::testing::RedisServer;
 use crate::shim::{self, delay::Path, Paths};
 use crate::turn::servers::TempDir;
 
-pub const API_KEY: &str = "bench";
-pub const API_SECRET: &str = "bench-secret-0123456789abcdef";
+pub use crate::client::signal::{mint, API_KEY, API_SECRET};
 
 /// The source address clients of group `g` bind.
 pub fn group_ip(g: usize) -> IpAddr {
@@ -306,17 +305,4 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     bail!("not within {within:?}")
-}
-
-/// A token signed with the cluster's API key.
-pub fn mint(
-    identity: &str,
-    room: &str,
-    role: meridian_signaling::token::Role,
-) -> anyhow::Result<String> {
-    let issuer = meridian_signaling::token::TokenIssuer::new(API_KEY, API_SECRET.as_bytes())?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    Ok(issuer.mint(identity, room, role, now, 3600)?)
 }

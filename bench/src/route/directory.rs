@@ -154,19 +154,7 @@ async fn run_async(args: &DirectoryArgs) -> anyhow::Result<DirectoryReport> {
 
 /// A counter or gauge summed over its label sets, from a node's admin `/metrics`.
 async fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let get = async {
-        let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut body = Vec::new();
-        s.take(16 << 20).read_to_end(&mut body).await.ok()?;
-        Some(String::from_utf8_lossy(&body).into_owned())
-    };
-    let text = tokio::time::timeout(Duration::from_secs(5), get)
-        .await
-        .ok()??;
+    let text = crate::client::signal::admin_metrics(admin).await?;
     let mut sum = None;
     for l in text.lines() {
         let Some(rest) = l.strip_prefix(name) else {

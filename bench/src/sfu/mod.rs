@@ -8,6 +8,7 @@
 pub mod floor;
 pub mod peer;
 
+use crate::client::signal::{admin_metrics, mint, API_KEY, API_SECRET};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -234,9 +235,6 @@ impl Drop for Node {
     }
 }
 
-const API_KEY: &str = "bench";
-const API_SECRET: &str = "bench-secret-0123456789abcdef";
-
 fn start_node(args: &SfuArgs) -> anyhow::Result<Node> {
     let bin = match &args.meridian_bin {
         Some(b) => b.clone(),
@@ -298,18 +296,6 @@ fn start_node(args: &SfuArgs) -> anyhow::Result<Node> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn mint(
-    identity: &str,
-    room: &str,
-    role: meridian_signaling::token::Role,
-) -> anyhow::Result<String> {
-    let issuer = meridian_signaling::token::TokenIssuer::new(API_KEY, API_SECRET.as_bytes())?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    Ok(issuer.mint(identity, room, role, now, 3600)?)
 }
 
 fn progress(label: &str, secs: u64) -> indicatif::ProgressBar {
@@ -478,19 +464,7 @@ async fn spawn_subscribers(
 /// The cumulative buckets `(le, count)` of the node's forward-latency histogram, from its
 /// admin listener's /metrics (one bounded HTTP/1.1 GET).
 async fn forward_buckets(admin: SocketAddr) -> Option<Vec<(f64, u64)>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let get = async {
-        let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut body = Vec::new();
-        s.take(16 << 20).read_to_end(&mut body).await.ok()?;
-        Some(String::from_utf8_lossy(&body).into_owned())
-    };
-    let text = tokio::time::timeout(Duration::from_secs(5), get)
-        .await
-        .ok()??;
+    let text = admin_metrics(admin).await?;
     Some(parse_buckets(&text, "meridian_sfu_forward_latency_seconds"))
 }
 
