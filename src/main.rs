@@ -81,6 +81,20 @@ enum Command {
         #[arg(long)]
         ttl: Option<u64>,
     },
+    /// Make the trunk's certificates: the cluster CA in DIR (ca.pem, ca.key; an existing one
+    /// is reused) and, for each --node, NODE.pem and NODE.key for `[trunk]` cert and key.
+    /// Keep ca.key off the nodes.
+    TrunkCert {
+        /// Directory for the files (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// A node id to certify (repeatable).
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        /// Validity of the node certificates, in days.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
     /// Load generators and comparisons.
     #[command(subcommand)]
     Bench(Bench),
@@ -94,6 +108,17 @@ enum Bench {
     /// TURN load: C clients allocate, bind a channel to an echo peer and relay ChannelData;
     /// reports rates, loss, RTT and the server's CPU per packet. See bench/README.md.
     Turn(Box<meridian_bench::turn::TurnArgs>),
+    /// Cross-region rooms: a publisher on node A, S subscribers on node B over the trunk
+    /// (behind a delay shim), beside S subscribers of a publisher local to B; reports the
+    /// latency the trunk hop adds, B's CPU per packet trunked vs local, A's trunk copies per
+    /// packet. See bench/README.md.
+    Cascade(Box<meridian_bench::cascade::CascadeArgs>),
+    /// Failover drills on a 3-region cluster behind delay shims: D devices streaming, P
+    /// re-homing players watching and sending controls; `kill` (SIGKILL of the players' node)
+    /// and `directory` (Redis stopped for N s), K times each; reports detection time, the
+    /// media gap per session (p50/p99/max), sessions recovered, acknowledged controls lost and
+    /// duplicated, time to steady state, and (--plot) an SVG of the gaps. See bench/README.md.
+    Failover(Box<meridian_bench::failover::FailoverArgs>),
     /// SFU load: R rooms × P publishers × S subscribers (str0m WebRTC clients, synthetic VP8)
     /// against a node it starts, beside a kernel-floor fan-out; reports delivered packets/s,
     /// loss, forwarding latency, join-to-first-frame, CPU per forwarded packet and RSS.
@@ -176,10 +201,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::TrunkCert { dir, nodes, days } => trunk_cert(&dir, &nodes, days),
         Command::Bench(Bench::Turn(args)) => meridian_bench::turn::run(*args),
         Command::Bench(Bench::Sfu(args)) => meridian_bench::sfu::run(*args),
         Command::Bench(Bench::Shim(args)) => meridian_bench::shim::run(*args),
         Command::Bench(Bench::Route(args)) => meridian_bench::route::run(*args),
+        Command::Bench(Bench::Cascade(args)) => meridian_bench::cascade::run(*args),
+        Command::Bench(Bench::Failover(args)) => meridian_bench::failover::run(*args),
         Command::Bench(Bench::Directory(args)) => meridian_bench::route::directory::run(*args),
         Command::Device(args) => meridian_bench::client::device::run(*args),
     }
@@ -218,15 +246,7 @@ fn serve(config: Option<PathBuf>, ready_file: Option<PathBuf>) -> anyhow::Result
     let signaling_cfg = cfg.clone();
     let attach: meridian_relay::net::Attach = Box::new(move |ctx| {
         Box::pin(async move {
-            let addr = meridian_signaling::start(
-                &signaling_cfg,
-                ctx.sfu,
-                (ctx.turn_udp, ctx.turn_tcp, ctx.turn_tls),
-                ctx.ready,
-                &ctx.tls_reload,
-                &ctx.status,
-            )
-            .await?;
+            let addr = meridian_signaling::start(&signaling_cfg, ctx).await?;
             let scheme = if signaling_cfg.signaling.tls_cert.is_some() {
                 "https"
             } else {
@@ -322,6 +342,63 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
     match cfg.log.format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// `meridian trunk-cert`.
+fn trunk_cert(dir: &std::path::Path, nodes: &[String], days: u32) -> anyhow::Result<()> {
+    use meridian_trunk::tls;
+    use std::io::Write;
+    fn write(path: &std::path::Path, text: &str, secret: bool) -> anyhow::Result<()> {
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        if secret {
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        }
+        let mut f = o
+            .open(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        f.write_all(text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+    if !(1..=3650).contains(&days) {
+        bail!("--days: expected 1..=3650, got {days}");
+    }
+    for n in nodes {
+        let ok = !n.is_empty()
+            && n.len() <= 64
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !ok {
+            bail!("--node {n:?}: expected 1..=64 characters of A-Z, a-z, 0-9, '_', '-', '.'");
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let key_pem = if ca_key.exists() {
+        eprintln!("meridian: using the CA in {}", dir.display());
+        std::fs::read_to_string(&ca_key)
+            .with_context(|| format!("cannot read {}", ca_key.display()))?
+    } else {
+        let ca = tls::make_ca()?;
+        write(&ca_cert, &ca.cert, false)?;
+        write(&ca_key, &ca.key, true)?;
+        eprintln!("meridian: new cluster CA {}", ca_cert.display());
+        ca.key
+    };
+    for n in nodes {
+        let pem = tls::make_node_cert(&key_pem, n, days)?;
+        let (c, k) = (dir.join(format!("{n}.pem")), dir.join(format!("{n}.key")));
+        write(&c, &pem.cert, false)?;
+        write(&k, &pem.key, true)?;
+        eprintln!(
+            "meridian: {} and {} for node {n} ({}, {days} days)",
+            c.display(),
+            k.display(),
+            tls::node_name(n)
+        );
     }
     Ok(())
 }

@@ -144,6 +144,7 @@ pub struct Config {
     pub signaling: SignalingConfig,
     pub sfu: SfuConfig,
     pub cluster: ClusterConfig,
+    pub trunk: TrunkConfig,
 }
 
 /// `[node]`: identity of this node.
@@ -570,6 +571,50 @@ impl Default for ClusterConfig {
             heartbeat_interval_ms: 200,
             death_timeout_ms: 800,
             max_sessions: 0,
+        }
+    }
+}
+
+/// `[trunk]`: the QUIC trunk between nodes, which carries cross-region rooms (media as
+/// datagrams, room messages and subscriptions on streams). Nodes authenticate each other with
+/// mutual TLS under one cluster CA. Off unless `listen` is set.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrunkConfig {
+    /// The UDP address the trunk listens on (and dials from), e.g. "0.0.0.0:7890". Default:
+    /// none (no trunk; a room homed elsewhere is served by redirecting its clients there).
+    pub listen: Option<SocketAddr>,
+    /// "host:port" other nodes dial to reach this one. Default: `listen` (required when it
+    /// binds to 0.0.0.0 or ::).
+    pub public_addr: Option<String>,
+    /// PEM file of the cluster CA that signs every node's trunk certificate.
+    pub ca: Option<PathBuf>,
+    /// PEM certificate chain of this node, signed by `ca`, whose subject alternative name is
+    /// "<node_id>.trunk.meridian" (`meridian trunk-cert` makes one).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// Node ids allowed to connect. Default: [] = every node with a certificate from `ca`.
+    pub allow_peers: Vec<String>,
+    /// A trunk that carries no subscription and no room traffic for this long is closed, in
+    /// seconds. Default: 30.
+    pub idle_timeout_secs: u64,
+    /// QUIC keepalive interval, in milliseconds (also how often the RTT is sampled). A peer
+    /// silent for 4 intervals (at least 2 s) is gone. Default: 500.
+    pub keepalive_ms: u64,
+}
+
+impl Default for TrunkConfig {
+    fn default() -> Self {
+        TrunkConfig {
+            listen: None,
+            public_addr: None,
+            ca: None,
+            cert: None,
+            key: None,
+            allow_peers: vec![],
+            idle_timeout_secs: 30,
+            keepalive_ms: 500,
         }
     }
 }

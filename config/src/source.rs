@@ -349,6 +349,19 @@ pub(crate) const KEYS: &[(&str, &str)] = &[
         "an integer (at least twice the heartbeat interval)",
     ),
     ("cluster.max_sessions", "an integer >= 0"),
+    ("trunk", "a table"),
+    ("trunk.listen", "a socket address \"ip:port\""),
+    ("trunk.public_addr", "a \"host:port\" string"),
+    ("trunk.ca", "a path to a PEM file"),
+    ("trunk.cert", "a path to a PEM file"),
+    ("trunk.key", "a path to a PEM file"),
+    ("trunk.allow_peers", "an array of node ids"),
+    (
+        "trunk.allow_peers[]",
+        "a node id of A-Z, a-z, 0-9, '_', '-', '.'",
+    ),
+    ("trunk.idle_timeout_secs", "1..=86400"),
+    ("trunk.keepalive_ms", "50..=60000"),
 ];
 
 /// The description of the values `path` takes (`turn.udp[3]` looks up `turn.udp[]`).

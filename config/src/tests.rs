@@ -146,6 +146,7 @@ fn embedded_default_is_the_defaults_plus_loopback_peers_and_dev_tokens() {
         "[signaling]",
         "[sfu]",
         "[cluster]",
+        "[trunk]",
     ] {
         assert!(
             EMBEDDED_DEFAULT.contains(section),
@@ -234,6 +235,21 @@ fn example_validates() {
     let no_ip = EXAMPLE.replace("public_ip = ", "# public_ip = ");
     let e = Config::from_toml(&no_ip, "meridian.example.toml").unwrap_err();
     assert_eq!(e.key(), Some("sfu.udp"));
+    // The commented-out trunk needs its certificate files.
+    let at = EXAMPLE.find("[trunk]").unwrap();
+    let (head, tail) = EXAMPLE.split_at(at);
+    let tail = ["listen", "public_addr", "ca", "cert", "key"]
+        .iter()
+        .fold(tail.to_string(), |t, k| {
+            t.replace(&format!("\n# {k} = "), &format!("\n{k} = "))
+        });
+    let e = Config::from_toml(&format!("{head}{tail}"), "meridian.example.toml").unwrap_err();
+    assert_eq!(e.key(), Some("trunk.ca"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("/etc/meridian/trunk-ca.pem does not exist"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -954,7 +970,8 @@ fn all_sections() -> Vec<String> {
             "drain",
             "signaling",
             "sfu",
-            "cluster"
+            "cluster",
+            "trunk"
         ]
     );
     sections
@@ -1666,4 +1683,91 @@ fn rule_cluster_values() {
         c.cluster.public_signaling_url = Some("http://127.0.1.1:7880/".into());
         c.validate().unwrap_or_else(|e| panic!("{url}: {e}"));
     }
+}
+
+#[test]
+fn trunk_keys_parse_and_validate() {
+    let d = Config::default();
+    assert_eq!(d.trunk.listen, None);
+    assert_eq!((d.trunk.idle_timeout_secs, d.trunk.keepalive_ms), (30, 500));
+    let pem = temp_path("trunk.pem");
+    std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let text = format!(
+        "[auth]\nrest_secrets = [\"x\"]\n[trunk]\nlisten = \"127.0.0.1:7890\"\nca = {p:?}\ncert = {p:?}\nkey = {p:?}\nallow_peers = [\"sgp-1\"]\nkeepalive_ms = 250\n",
+        p = pem.display().to_string()
+    );
+    let c = Config::from_toml(&text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.trunk.listen, Some(sock("127.0.0.1:7890")));
+    assert_eq!(c.trunk.allow_peers, vec!["sgp-1".to_string()]);
+    assert_eq!(c.trunk.keepalive_ms, 250);
+    let with_files = |c: &mut Config| {
+        c.trunk.listen = Some(sock("127.0.0.1:7890"));
+        c.trunk.ca = Some(pem.clone());
+        c.trunk.cert = Some(pem.clone());
+        c.trunk.key = Some(pem.clone());
+    };
+    rejects(
+        |c| c.trunk.ca = Some(pem.clone()),
+        "trunk.ca",
+        "without trunk.listen",
+    );
+    rejects(
+        |c| c.trunk.listen = Some(sock("127.0.0.1:7890")),
+        "trunk.ca",
+        "mutual TLS",
+    );
+    rejects(
+        |c| {
+            with_files(c);
+            c.trunk.key = Some(temp_path("absent.key"));
+        },
+        "trunk.key",
+        "does not exist",
+    );
+    rejects(
+        |c| {
+            with_files(c);
+            c.trunk.listen = Some(sock("0.0.0.0:7890"));
+        },
+        "trunk.public_addr",
+        "required when trunk.listen is 0.0.0.0:7890",
+    );
+    rejects(
+        |c| {
+            with_files(c);
+            c.trunk.public_addr = Some("fra.example.com".into());
+        },
+        "trunk.public_addr",
+        "host:port",
+    );
+    rejects(
+        |c| {
+            with_files(c);
+            c.trunk.allow_peers = vec!["bad id".into()];
+        },
+        "trunk.allow_peers[0]",
+        "A-Z",
+    );
+    rejects(
+        |c| {
+            with_files(c);
+            c.trunk.keepalive_ms = 10;
+        },
+        "trunk.keepalive_ms",
+        "50..=60000",
+    );
+    rejects(
+        |c| {
+            with_files(c);
+            c.trunk.idle_timeout_secs = 0;
+        },
+        "trunk.idle_timeout_secs",
+        "1..=86400",
+    );
+    let mut c = valid();
+    with_files(&mut c);
+    c.trunk.listen = Some(sock("0.0.0.0:7890"));
+    c.trunk.public_addr = Some("[2001:db8::1]:7890".into());
+    c.validate().unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_file(&pem);
 }

@@ -56,6 +56,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_signaling(config)?;
     validate_sfu(config)?;
     validate_cluster(config)?;
+    validate_trunk(config)?;
     check_range(
         "drain.deadline_secs",
         config.drain.deadline_secs,
@@ -702,5 +703,85 @@ fn validate_cluster(config: &Config) -> Result<(), ConfigError> {
             "required with a Redis directory when turn.udp binds to an unspecified address and turn.external_ipv4 is unset (clients probe it to rank regions)",
         ));
     }
+    Ok(())
+}
+
+/// Keepalive bounds of the trunk, in milliseconds.
+pub(crate) const TRUNK_KEEPALIVE_MIN_MS: u64 = 50;
+pub(crate) const TRUNK_KEEPALIVE_MAX_MS: u64 = 60_000;
+/// Longest idle timeout of a trunk, in seconds.
+pub(crate) const TRUNK_IDLE_MAX_SECS: u64 = 86_400;
+
+fn validate_trunk(config: &Config) -> Result<(), ConfigError> {
+    let t = &config.trunk;
+    let Some(listen) = t.listen else {
+        for (key, set) in [
+            ("trunk.public_addr", t.public_addr.is_some()),
+            ("trunk.ca", t.ca.is_some()),
+            ("trunk.cert", t.cert.is_some()),
+            ("trunk.key", t.key.is_some()),
+            ("trunk.allow_peers", !t.allow_peers.is_empty()),
+        ] {
+            if set {
+                return Err(ConfigError::rule(
+                    key,
+                    "set without trunk.listen; the trunk is off until trunk.listen is set",
+                ));
+            }
+        }
+        return Ok(());
+    };
+    for (key, path) in [
+        ("trunk.ca", &t.ca),
+        ("trunk.cert", &t.cert),
+        ("trunk.key", &t.key),
+    ] {
+        match path {
+            Some(p) => check_file(key, p)?,
+            None => {
+                return Err(ConfigError::rule(
+                    key,
+                    "required with trunk.listen: nodes authenticate each other with mutual TLS under the cluster CA",
+                ))
+            }
+        }
+    }
+    match &t.public_addr {
+        Some(a) => {
+            let ok = a
+                .rsplit_once(':')
+                .map(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+                .unwrap_or(false);
+            if !ok || a.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                return Err(ConfigError::invalid(
+                    "trunk.public_addr",
+                    "host:port (e.g. \"203.0.113.10:7890\")",
+                    format!("{a:?}"),
+                ));
+            }
+        }
+        None if listen.ip().is_unspecified() => {
+            return Err(ConfigError::rule(
+                "trunk.public_addr",
+                format!("required when trunk.listen is {listen} (other nodes dial it)"),
+            ));
+        }
+        None => {}
+    }
+    for (i, p) in t.allow_peers.iter().enumerate() {
+        check_name(&format!("trunk.allow_peers[{i}]"), p)?;
+    }
+    check_range(
+        "trunk.keepalive_ms",
+        t.keepalive_ms,
+        TRUNK_KEEPALIVE_MIN_MS,
+        TRUNK_KEEPALIVE_MAX_MS,
+    )?;
+    check_range(
+        "trunk.idle_timeout_secs",
+        t.idle_timeout_secs,
+        1,
+        TRUNK_IDLE_MAX_SECS,
+    )?;
     Ok(())
 }

@@ -278,6 +278,11 @@ pub struct Directory {
     local: Mutex<LocalState>,
     status: Mutex<Status>,
     started: Instant,
+    /// Held across a heartbeat and across `leave`, so no heartbeat in flight can put this
+    /// node back after it left; `true` once it left (heartbeats stop for good).
+    beat_gate: tokio::sync::Mutex<bool>,
+    /// When the directory last answered a heartbeat: others' silence counts only up to then.
+    confirmed: Mutex<Instant>,
 }
 
 fn unix_ms() -> u64 {
@@ -316,6 +321,8 @@ impl Directory {
                 error: None,
             }),
             started: Instant::now(),
+            beat_gate: tokio::sync::Mutex::new(false),
+            confirmed: Mutex::new(Instant::now()),
             me,
             backend,
             settings,
@@ -395,7 +402,18 @@ impl Directory {
 
     /// Where a new session of `room` goes (see [`route::place`]).
     pub fn place(&self, room: &str, ranking: &[RegionRtt], may_redirect: bool) -> Placement {
-        let placed = self.with_view(|v| route::place(v, room, ranking, may_redirect));
+        self.place_session(room, ranking, may_redirect, false)
+    }
+
+    /// As [`Directory::place`]; `edge` as in [`route::place_with`].
+    pub fn place_session(
+        &self,
+        room: &str,
+        ranking: &[RegionRtt],
+        may_redirect: bool,
+        edge: bool,
+    ) -> Placement {
+        let placed = self.with_view(|v| route::place_with(v, room, ranking, may_redirect, edge));
         placed.unwrap_or_else(|| Placement {
             node: self.local().info().clone(),
             here: true,
@@ -444,6 +462,29 @@ impl Directory {
         identity: &str,
         role: &str,
     ) -> SessionGuard {
+        self.record_session(id, room, identity, role, true)
+    }
+
+    /// A session of a room homed on another node, served here over the trunk: recorded, but
+    /// the room stays homed where it is.
+    pub fn edge_session(
+        self: &Arc<Self>,
+        id: String,
+        room: &str,
+        identity: &str,
+        role: &str,
+    ) -> SessionGuard {
+        self.record_session(id, room, identity, role, false)
+    }
+
+    fn record_session(
+        self: &Arc<Self>,
+        id: String,
+        room: &str,
+        identity: &str,
+        role: &str,
+        homes: bool,
+    ) -> SessionGuard {
         let entry = SessionEntry {
             room: room.into(),
             identity: identity.into(),
@@ -454,7 +495,9 @@ impl Directory {
         local.session_start(&id, entry);
         // A session of a room homed here keeps the home; one served here without a claim
         // (embedded, or the claim failed) makes it so.
-        local.set_home(room);
+        if homes {
+            local.set_home(room);
+        }
         SessionGuard {
             dir: Arc::clone(self),
             id,
@@ -470,13 +513,23 @@ impl Directory {
         self.local().set_draining(draining);
     }
 
+    /// Whether this node is `room`'s home (as it knows itself, before any heartbeat says so).
+    pub fn is_home(&self, room: &str) -> bool {
+        self.local().is_home(room)
+    }
+
     /// Sessions on this node.
     pub fn session_count(&self) -> usize {
         self.local().session_count()
     }
 
     /// One heartbeat: flush this node's changes to the backend (and into its own view).
-    async fn heartbeat(&self) {
+    /// Returns false once the node left the directory.
+    async fn heartbeat(&self) -> bool {
+        let gate = self.beat_gate.lock().await;
+        if *gate {
+            return false;
+        }
         let update = {
             let mut local = self.local();
             local.flush(Instant::now(), unix_ms())
@@ -492,6 +545,12 @@ impl Directory {
         match r {
             Ok(p) => {
                 self.set_status(Ok(()));
+                *self.confirmed.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                if was_down {
+                    // Nobody was heard while the directory was away: each node gets a whole
+                    // death timeout from now to be heard again.
+                    self.view_mut().touch_all(Instant::now());
+                }
                 if p.lost || was_down {
                     // The directory forgot this node (expired while unreachable or slow), or
                     // other nodes' updates were missed meanwhile.
@@ -507,6 +566,8 @@ impl Directory {
         if was_down && self.status().reachable {
             self.resync_all().await;
         }
+        drop(gate);
+        true
     }
 
     async fn beat_loop(self: Arc<Self>) {
@@ -524,7 +585,9 @@ impl Directory {
         loop {
             tokio::select! {
                 _ = beat.tick() => {
-                    self.heartbeat().await;
+                    if !self.heartbeat().await {
+                        return;
+                    }
                     // Refresh a slice of this node's room claims each beat.
                     let rooms: Vec<String> = {
                         let local = self.local();
@@ -546,7 +609,8 @@ impl Directory {
                     self.publish_gauges();
                 }
                 _ = sweep.tick() => {
-                    let dead = self.view_mut().expire(Instant::now());
+                    let confirmed = *self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+                    let dead = self.view_mut().expire_confirmed(Instant::now(), confirmed, self.settings.heartbeat);
                     for id in dead {
                         metrics::counter!("meridian_cluster_node_deaths_total").increment(1);
                         tracing::warn!(node = %id, "node not heard from within {:?}: dead", self.settings.death_timeout);
@@ -637,6 +701,11 @@ impl Directory {
 
     /// A clean stop: this node's entries leave the directory at once.
     pub async fn leave(&self) {
+        let mut gate = self.beat_gate.lock().await;
+        if *gate {
+            return;
+        }
+        *gate = true;
         let u = self.local().leave(unix_ms());
         if let Err(e) = bounded(self.settings.death_timeout, self.backend.leave(&u)).await {
             tracing::warn!("could not leave the directory cleanly (it expires this node's entries by itself): {e}");
@@ -719,6 +788,7 @@ mod tests {
             viewers: 0,
             bitrate_bps: 1,
             tracks: vec!["t1".into()],
+            remote_nodes: vec![],
         }]);
         match a.claim("game").await {
             Home::Elsewhere(n) => assert_eq!(n.id, "b"),
@@ -751,6 +821,26 @@ mod tests {
         // b leaves cleanly: a drops it at once.
         b.leave().await;
         until("b is gone", || a.with_view(|v| v.node("b").is_none())).await;
+    }
+
+    /// A node that left stays gone: its heartbeats stop, none in flight puts it back (this
+    /// raced before, and a left node reappeared at its next heartbeat). Virtual time, so the
+    /// other node's death timeout (on the real clock) cannot hide a reappearance.
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_left_stays_gone() {
+        let shared: Arc<dyn Backend> = Arc::new(Embedded::default());
+        let a = Directory::start(info("a", "eu"), shared.clone(), settings()).await;
+        let b = Directory::start(info("b", "asia"), shared.clone(), settings()).await;
+        until("a sees b", || a.with_view(|v| v.node("b").is_some())).await;
+        b.leave().await;
+        until("b is gone", || a.with_view(|v| v.node("b").is_none())).await;
+        // Twenty of b's heartbeat periods (a's own heartbeats go on).
+        for _ in 0..20 {
+            tokio::time::sleep(settings().heartbeat).await;
+            assert!(a.with_view(|v| v.node("b").is_none()), "b came back");
+        }
+        // Leaving twice is harmless.
+        b.leave().await;
     }
 
     /// Polls a future once (the embedded backend never waits).

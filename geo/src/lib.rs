@@ -6,6 +6,8 @@
 //!   time in; live nodes, room homes and the cluster-wide device list out.
 //! - [`local`]: the sans-IO record of this node's own entries, flushed once per heartbeat.
 //! - [`route`]: where a new session goes (room home, then lowest measured RTT, ties by load).
+//! - [`rehome`]: where sessions go when their node dies or drains (clients' next node, a
+//!   drain plan, what a death orphans).
 //! - [`directory`]: the [`Backend`] trait, its [`Embedded`] implementation, and the
 //!   [`Directory`] runtime (heartbeats, expiry, resync, claims).
 //! - [`redis`]: the Redis backend (`fred`).
@@ -14,6 +16,7 @@ pub mod directory;
 pub mod local;
 pub mod model;
 pub mod redis;
+pub mod rehome;
 pub mod route;
 pub mod testing;
 pub mod view;
@@ -55,6 +58,7 @@ pub(crate) mod testutil {
             draining: false,
             heartbeat_ms: 0,
             version: "test".into(),
+            trunk: None,
         }
     }
 

@@ -244,6 +244,7 @@ mod tests {
             viewers: 0,
             bitrate_bps,
             tracks: vec!["t1".into()],
+            remote_nodes: vec![],
         }
     }
 

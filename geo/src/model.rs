@@ -22,6 +22,9 @@ pub struct NodeInfo {
     /// Unix milliseconds of the heartbeat that carried this.
     pub heartbeat_ms: u64,
     pub version: String,
+    /// The trunk's "host:port" (other nodes dial it), when the node runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<String>,
 }
 
 impl NodeInfo {
@@ -57,6 +60,9 @@ pub struct DeviceEntry {
     pub bitrate_bps: u64,
     /// Track ids.
     pub tracks: Vec<String>,
+    /// Other nodes receiving its tracks over the trunk (cross-region viewers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_nodes: Vec<String>,
 }
 
 /// A client session on a node.

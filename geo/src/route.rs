@@ -18,6 +18,8 @@ pub enum Reason {
     Local,
     /// None of the regions the client ranked has a usable node: the node it reached.
     Fallback,
+    /// The node it reached is draining: the node a drain would move it to.
+    Draining,
 }
 
 impl Reason {
@@ -27,6 +29,7 @@ impl Reason {
             Reason::Nearest => "nearest",
             Reason::Local => "local",
             Reason::Fallback => "fallback",
+            Reason::Draining => "draining",
         }
     }
 }
@@ -53,6 +56,19 @@ pub fn place(
     ranking: &[RegionRtt],
     may_redirect: bool,
 ) -> Option<Placement> {
+    place_with(view, room, ranking, may_redirect, false)
+}
+
+/// As [`place`]; with `edge` (a session that only watches and sends controls, on a node with
+/// a trunk) a room homed on a node with a trunk does not pull the session to its home: it
+/// goes to the nearest node that has a trunk too, which serves it over the trunk.
+pub fn place_with(
+    view: &ClusterView,
+    room: &str,
+    ranking: &[RegionRtt],
+    may_redirect: bool,
+    edge: bool,
+) -> Option<Placement> {
     let me = view.node(view.me())?.clone();
     let rtt_of = |region: &str| {
         ranking
@@ -62,13 +78,17 @@ pub fn place(
             .reduce(f64::min)
     };
     let here = |node: &NodeInfo| node.id == me.id;
+    let mut trunked = false;
     if let Some(home) = view.room_home(room) {
-        return Some(Placement {
-            here: here(home),
-            rtt_ms: rtt_of(&home.region),
-            node: home.clone(),
-            reason: Reason::RoomHome,
-        });
+        if !(edge && home.trunk.is_some() && me.trunk.is_some()) {
+            return Some(Placement {
+                here: here(home),
+                rtt_ms: rtt_of(&home.region),
+                node: home.clone(),
+                reason: Reason::RoomHome,
+            });
+        }
+        trunked = true;
     }
     let local = |reason| Placement {
         rtt_ms: rtt_of(&me.region),
@@ -77,11 +97,18 @@ pub fn place(
         reason,
     };
     if ranking.is_empty() {
-        return Some(local(Reason::Local));
+        let home_here = trunked && view.room_home(room).is_some_and(|h| h.id == me.id);
+        return Some(local(if home_here {
+            Reason::RoomHome
+        } else {
+            Reason::Local
+        }));
     }
     let mut candidates: Vec<(f64, &NodeInfo)> = view
         .nodes()
         .filter(|n| !n.draining && !n.overloaded())
+        // Over the trunk, only nodes that have one can serve the room.
+        .filter(|n| !trunked || n.trunk.is_some())
         .filter_map(|n| rtt_of(&n.region).map(|rtt| (rtt, n)))
         .collect();
     let Some(best) = candidates.iter().map(|c| c.0).reduce(f64::min) else {
@@ -102,10 +129,15 @@ pub fn place(
         // Already redirected by RTT: stay, even if this node's view disagrees.
         return Some(local(Reason::Local));
     }
+    // Over the trunk, the nearest node may be the room's home itself.
+    let reason = match view.room_home(room) {
+        Some(h) if trunked && h.id == node.id => Reason::RoomHome,
+        _ => Reason::Nearest,
+    };
     Some(Placement {
         here: here(node),
         node: node.clone(),
-        reason: Reason::Nearest,
+        reason,
         rtt_ms: Some(rtt),
     })
 }
@@ -252,6 +284,39 @@ mod tests {
             ("b", Reason::RoomHome, Some(200.0))
         );
         assert!(!p.here);
+    }
+
+    #[test]
+    fn over_the_trunk_a_watcher_stays_near_and_a_device_goes_home() {
+        let t0 = Instant::now();
+        let mut v = ClusterView::new("a", Duration::from_millis(800));
+        for (id, region, trunk) in [("a", "eu", true), ("b", "asia", true), ("c", "us", false)] {
+            let mut u = update(id, 1, 1, true);
+            u.info = info(id, region);
+            u.info.trunk = trunk.then(|| format!("{id}.test:7890"));
+            if id == "b" {
+                u.rooms_set = vec!["game".into()];
+            }
+            v.apply(u, t0);
+        }
+        // A player near eu stays on a (eu) although the room is homed on b.
+        let r = rtts(&[("eu", 5.0), ("asia", 200.0), ("us", 90.0)]);
+        let p = place_with(&v, "game", &r, true, true).unwrap();
+        assert_eq!(
+            (p.node.id.as_str(), p.here, p.reason),
+            ("a", true, Reason::Nearest)
+        );
+        // Nearest to us, whose node has no trunk: the nearest node with one.
+        let r = rtts(&[("eu", 90.0), ("asia", 200.0), ("us", 5.0)]);
+        assert_eq!(
+            chosen(place_with(&v, "game", &r, true, true)),
+            ("a".into(), Reason::Nearest)
+        );
+        // A device (not edge) goes to the room's home.
+        assert_eq!(
+            chosen(place_with(&v, "game", &r, true, false)),
+            ("b".into(), Reason::RoomHome)
+        );
     }
 
     #[test]

@@ -126,6 +126,28 @@ impl ClusterView {
         dead
     }
 
+    /// As [`ClusterView::expire`], judging silence only for as long as the directory was
+    /// known to work: `confirmed` is the last time it answered this node, and `slack` how
+    /// long after that it may stay quiet before this node would have noticed (a heartbeat).
+    /// While the directory is away, other nodes not being heard is no sign of their death,
+    /// so nobody expires; once it answers again, the normal rule applies.
+    pub fn expire_confirmed(
+        &mut self,
+        now: Instant,
+        confirmed: Instant,
+        slack: Duration,
+    ) -> Vec<String> {
+        self.expire(now.min(confirmed + slack))
+    }
+
+    /// Counts every node as heard at `now`: after the directory was away, each gets a whole
+    /// death timeout to be heard again before it is judged.
+    pub fn touch_all(&mut self, now: Instant) {
+        for e in self.nodes.values_mut() {
+            e.heard = e.heard.max(now);
+        }
+    }
+
     /// Forgets a node (e.g. its stored state is gone).
     pub fn remove(&mut self, id: &str) {
         self.nodes.remove(id);
@@ -232,6 +254,43 @@ mod tests {
     }
 
     #[test]
+    fn silence_while_the_directory_is_away_is_no_death() {
+        let hb = Duration::from_millis(200);
+        let t0 = Instant::now();
+        let mut v = ClusterView::new("a", TIMEOUT);
+        v.apply(update("b", 1, 1, true), t0);
+        // The directory answered last at t0 + 100 ms, then went away for 30 s: b, unheard
+        // since t0, is not judged meanwhile.
+        let confirmed = t0 + Duration::from_millis(100);
+        for s in 1..=30 {
+            let now = t0 + Duration::from_secs(s);
+            assert!(
+                v.expire_confirmed(now, confirmed, hb).is_empty(),
+                "{s} s into the outage"
+            );
+        }
+        // It answers again: everyone gets a whole timeout from then to be heard.
+        let back = t0 + Duration::from_secs(31);
+        v.touch_all(back);
+        assert!(v
+            .expire_confirmed(back + TIMEOUT, back + TIMEOUT, hb)
+            .is_empty());
+        let late = back + TIMEOUT + Duration::from_millis(1);
+        assert_eq!(
+            v.expire_confirmed(late, late, hb),
+            vec!["b"],
+            "b stayed silent"
+        );
+        // With the directory answering all along, silence beyond the timeout is a death.
+        v.apply(update("c", 1, 1, true), t0);
+        let now = t0 + TIMEOUT + Duration::from_millis(1);
+        assert_eq!(
+            v.expire_confirmed(now, now - Duration::from_millis(50), hb),
+            vec!["c"]
+        );
+    }
+
+    #[test]
     fn the_own_node_never_expires() {
         let t0 = Instant::now();
         let mut v = ClusterView::new("a", TIMEOUT);
@@ -306,6 +365,7 @@ mod tests {
             viewers: 0,
             bitrate_bps: 1_000_000,
             tracks: vec!["t1".into()],
+            remote_nodes: vec![],
         };
         let mut u = update("a", 1, 1, true);
         u.devices = Some(vec![dev("r2", "cam-a")]);

@@ -57,7 +57,7 @@ async fn rooms(State(st): State<Arc<Signaling>>) -> Response {
             json!({
                 "room": d.room, "device": d.identity, "live": d.live,
                 "viewers": d.viewers, "bitrate_bps": d.bitrate_bps, "tracks": d.tracks,
-                "region": region, "node": me,
+                "region": region, "node": me, "remote_nodes": d.remote_nodes,
             })
         })
         .collect();
@@ -67,7 +67,7 @@ async fn rooms(State(st): State<Arc<Signaling>>) -> Response {
                 devices.push(json!({
                     "room": d.room, "device": d.identity, "live": d.live,
                     "viewers": d.viewers, "bitrate_bps": d.bitrate_bps, "tracks": d.tracks,
-                    "region": node.region, "node": node.id,
+                    "region": node.region, "node": node.id, "remote_nodes": d.remote_nodes,
                 }));
             }
         }

@@ -55,6 +55,7 @@ pub fn node_info(config: &Config, signaling: SocketAddr, turn_udp: &[SocketAddr]
         draining: false,
         heartbeat_ms: 0,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        trunk: None,
     }
 }
 
@@ -66,6 +67,7 @@ pub async fn start(
     sfu: SfuHandle,
     ready: Arc<AtomicBool>,
     status: &StatusBoard,
+    alternate: meridian_relay::net::Alternate,
 ) -> Result<Arc<Directory>, String> {
     let c = &config.cluster;
     let settings = Settings {
@@ -102,12 +104,21 @@ pub async fn start(
                         viewers: d.viewers,
                         bitrate_bps: d.bitrate_bps,
                         tracks: d.tracks,
+                        remote_nodes: d.remote_nodes,
                     })
                     .collect(),
             );
             feed.set_draining(!ready.load(Ordering::Relaxed));
         }
     });
+    // A drain sends new TURN clients to another node's TURN server.
+    let view = Arc::clone(&dir);
+    let _ = alternate.set(Box::new(move || {
+        view.with_view(|v| {
+            meridian_geo::rehome::turn_alternate(v)
+                .and_then(|n| n.stun.iter().find_map(|s| s.parse::<SocketAddr>().ok()))
+        })
+    }));
     let line = Arc::clone(&dir);
     if let Ok(mut board) = status.lock() {
         board.push(Arc::new(move || readyz_line(&line, Instant::now())));
@@ -132,4 +143,51 @@ fn readyz_line(dir: &Directory, now: Instant) -> String {
             st.error.as_deref().unwrap_or("no answer")
         )
     }
+}
+
+/// The trunk endpoint, bound before the directory entry is made (which carries its address).
+pub struct BoundTrunk {
+    pub trunk: meridian_trunk::Trunk,
+    pub events: tokio::sync::mpsc::Receiver<meridian_trunk::Event>,
+    /// "host:port" other nodes dial.
+    pub public: String,
+    /// Filled once the directory runs: peers' addresses are looked up there.
+    pub directory: Arc<std::sync::OnceLock<Arc<Directory>>>,
+}
+
+/// Loads the trunk's certificates and binds its UDP listener.
+pub fn bind_trunk(config: &Config) -> Result<BoundTrunk, String> {
+    let t = &config.trunk;
+    let (Some(listen), Some(ca), Some(cert), Some(key)) = (t.listen, &t.ca, &t.cert, &t.key) else {
+        return Err("trunk.listen needs trunk.ca, trunk.cert and trunk.key".into());
+    };
+    let tls = meridian_trunk::tls::TlsMaterial::from_pem_files(ca, cert, key)
+        .map_err(|e| e.to_string())?;
+    let directory: Arc<std::sync::OnceLock<Arc<Directory>>> = Arc::default();
+    let lookup = Arc::clone(&directory);
+    let (trunk, events) = meridian_trunk::Trunk::start(meridian_trunk::TrunkSettings {
+        node: config.node_id().to_string(),
+        listen,
+        tls,
+        allow: t.allow_peers.clone(),
+        idle_timeout: Duration::from_secs(t.idle_timeout_secs),
+        keepalive: Duration::from_millis(t.keepalive_ms),
+        resolve: Arc::new(move |node: &str| {
+            let dir = lookup.get()?;
+            dir.with_view(|v| v.node(node).and_then(|n| n.trunk.clone()))
+        }),
+    })
+    .map_err(|e| e.to_string())?;
+    let bound = trunk.local_addr().unwrap_or(listen);
+    let public = t
+        .public_addr
+        .clone()
+        .unwrap_or_else(|| host_of(bound, None));
+    tracing::info!(%bound, public, "trunk listening");
+    Ok(BoundTrunk {
+        trunk,
+        events,
+        public,
+        directory,
+    })
 }

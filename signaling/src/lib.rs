@@ -19,7 +19,6 @@ mod whip;
 mod ws;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 pub use api::router;
@@ -29,20 +28,46 @@ pub use state::Signaling;
 /// background (on the current tokio runtime). Returns the bound address.
 pub async fn start(
     config: &meridian_config::Config,
-    sfu: meridian_relay::net::SfuHandle,
-    turn: (Vec<SocketAddr>, Vec<SocketAddr>, Vec<SocketAddr>),
-    ready: Arc<AtomicBool>,
-    tls_reload: &meridian_relay::net::TlsReload,
-    status: &meridian_relay::net::StatusBoard,
+    ctx: meridian_relay::net::AttachContext,
 ) -> Result<SocketAddr, String> {
+    let meridian_relay::net::AttachContext {
+        sfu,
+        turn_udp,
+        turn_tcp,
+        turn_tls,
+        ready,
+        tls_reload,
+        status,
+        alternate,
+        sessions,
+    } = ctx;
+    let turn = (turn_udp, turn_tcp, turn_tls);
+    let (tls_reload, status) = (&tls_reload, &status);
     let listen = config.signaling.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on signaling {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let info = cluster::node_info(config, addr, &turn.0);
-    let dir = cluster::start(config, info, sfu.clone(), ready.clone(), status).await?;
-    let mut state = Signaling::new(config, sfu, ready, dir)?;
+    let mut info = cluster::node_info(config, addr, &turn.0);
+    let trunk = match config.trunk.listen {
+        Some(_) => Some(cluster::bind_trunk(config)?),
+        None => None,
+    };
+    if let Some(t) = &trunk {
+        info.trunk = Some(t.public.clone());
+    }
+    let dir = cluster::start(config, info, sfu.clone(), ready.clone(), status, alternate).await?;
+    // A drain waits for every WebSocket, WHIP and WHEP session here.
+    let count = Arc::clone(&dir);
+    let _ = sessions.set(Box::new(move || count.session_count()));
+    let mut state = Signaling::new(config, sfu.clone(), ready, Arc::clone(&dir))?;
+    if let Some(t) = trunk {
+        let _ = t.directory.set(Arc::clone(&dir));
+        let handle = meridian_relay::net::trunk::start(t.trunk, t.events, sfu)
+            .await
+            .map_err(|e| e.to_string())?;
+        state.trunk = Some(handle);
+    }
     state.ice.set_bound(turn.0, turn.1, turn.2);
     let app = router(Arc::new(state)).into_make_service_with_connect_info::<state::Peer>();
     let tls = match (&config.signaling.tls_cert, &config.signaling.tls_key) {

@@ -18,10 +18,11 @@ const JS: &str = "application/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 const SVG: &str = "image/svg+xml";
 
-/// Scripts, styles and connections only from the node itself; media elements play
-/// MediaStreams, which need no source.
+/// Scripts and styles only from the node itself; connections also to other regions' nodes
+/// (the SDK's `/v1/ping` measuring fallback and its WebSocket to the best-ranked region);
+/// media elements play MediaStreams, which need no source.
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-                   connect-src 'self' ws: wss:; img-src 'self' data:; media-src 'self' blob:; \
+                   connect-src 'self' ws: wss: http: https:; img-src 'self' data:; media-src 'self' blob:; \
                    object-src 'none'; base-uri 'none'";
 
 /// (path, content type, body) of every embedded file.

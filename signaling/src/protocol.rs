@@ -61,7 +61,8 @@ pub enum ClientMessage {
         track: String,
     },
     Subscribe {
-        track: String,
+        /// The track id, or the publisher whose first track of a kind is meant.
+        target: SubscribeTarget,
         mid: String,
         layer: Option<String>,
         max_width: Option<u32>,
@@ -76,6 +77,17 @@ pub enum ClientMessage {
     },
     Leave,
     Ping,
+}
+
+/// What a `subscribe` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscribeTarget {
+    Track(String),
+    /// The first track of `kind` ("video" or "audio") that `identity` publishes in the room.
+    Publisher {
+        identity: String,
+        kind: String,
+    },
 }
 
 /// Why a client message was not understood. `code` is the documented error code.
@@ -158,7 +170,12 @@ struct TrackBody {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SubscribeBody {
-    track: String,
+    #[serde(default)]
+    track: Option<String>,
+    #[serde(default)]
+    identity: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
     mid: String,
     #[serde(default)]
     layer: Option<String>,
@@ -279,8 +296,26 @@ pub fn parse(text: &str) -> Result<(Option<u64>, ClientMessage), ParseError> {
         },
         "subscribe" => {
             let b: SubscribeBody = serde_json::from_value(v).map_err(bad)?;
+            let invalid = |message: &str| ParseError {
+                code: "bad_request",
+                message: format!("subscribe: {message}"),
+                req,
+            };
+            let target = match (b.track, b.identity, b.kind) {
+                (Some(t), None, None) => SubscribeTarget::Track(t),
+                (None, Some(identity), kind) => {
+                    let kind = kind.unwrap_or_else(|| "video".into());
+                    if kind != "video" && kind != "audio" {
+                        return Err(invalid("kind must be \"video\" or \"audio\""));
+                    }
+                    SubscribeTarget::Publisher { identity, kind }
+                }
+                (Some(_), Some(_), _) => return Err(invalid("name either track or identity, not both")),
+                (Some(_), None, Some(_)) => return Err(invalid("kind goes with identity, not with track")),
+                (None, None, _) => return Err(invalid("missing field `track` (or `identity`)")),
+            };
             ClientMessage::Subscribe {
-                track: b.track,
+                target,
                 mid: b.mid,
                 layer: b.layer,
                 max_width: b.max_width,
@@ -428,6 +463,43 @@ mod tests {
             parse(r#"{"type":"subscribe","track":"t","mid":"1","layer":"low"}"#).unwrap().1,
             ClientMessage::Subscribe { layer: Some(l), .. } if l == "low"
         ));
+        assert_eq!(
+            parse(r#"{"type":"subscribe","identity":"rig","mid":"1"}"#)
+                .unwrap()
+                .1,
+            ClientMessage::Subscribe {
+                target: SubscribeTarget::Publisher {
+                    identity: "rig".into(),
+                    kind: "video".into()
+                },
+                mid: "1".into(),
+                layer: None,
+                max_width: None,
+                max_height: None,
+            }
+        );
+        for (bad, why) in [
+            (
+                r#"{"type":"subscribe","mid":"1"}"#,
+                "missing field `track` (or `identity`)",
+            ),
+            (
+                r#"{"type":"subscribe","track":"t","identity":"rig","mid":"1"}"#,
+                "either track or identity",
+            ),
+            (
+                r#"{"type":"subscribe","identity":"rig","kind":"data","mid":"1"}"#,
+                "kind must be",
+            ),
+            (
+                r#"{"type":"subscribe","track":"t","kind":"video","mid":"1"}"#,
+                "kind goes with identity",
+            ),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.code, "bad_request", "{bad}");
+            assert!(e.message.contains(why), "{bad}: {}", e.message);
+        }
         assert!(matches!(
             parse(r#"{"type":"mute","track":"t","muted":true}"#)
                 .unwrap()

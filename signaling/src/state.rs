@@ -40,6 +40,9 @@ pub struct Signaling {
     pub(crate) resources: crate::whip::Resources,
     /// The cluster directory (embedded for a single node).
     pub(crate) dir: Arc<Directory>,
+    /// The trunk to other nodes, when `[trunk]` is configured: players of rooms homed
+    /// elsewhere are then served here.
+    pub(crate) trunk: Option<meridian_relay::net::trunk::TrunkHandle>,
 }
 
 impl Signaling {
@@ -70,6 +73,7 @@ impl Signaling {
             ready,
             resources: Default::default(),
             dir,
+            trunk: None,
         })
     }
 

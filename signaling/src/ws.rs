@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use meridian_geo::rehome::{plan_drain, Kind, Leaving};
 use meridian_geo::{Home, Reason};
 use meridian_relay::net::Session;
 use meridian_relay::sfu::layer::LayerPrefs;
 use meridian_relay::sfu::{Notice, Role as SfuRole, SfuError};
 use serde_json::json;
 
-use crate::protocol::{self, close, ClientMessage};
+use crate::protocol::{self, close, ClientMessage, SubscribeTarget};
 use crate::state::{unix_now, Signaling};
 use crate::token::Role;
 
@@ -57,6 +58,24 @@ async fn send(socket: &mut WebSocket, text: String) -> bool {
         .send(Message::Text(Utf8Bytes::from(text)))
         .await
         .is_ok()
+}
+
+/// Sends a `redirect` to `node` (counted by reason), with the RTT the client reported for
+/// its region; false when the socket is gone.
+async fn redirect(
+    socket: &mut WebSocket,
+    req: Option<u64>,
+    node: &meridian_geo::NodeInfo,
+    reason: Reason,
+    regions: &[meridian_geo::RegionRtt],
+) -> bool {
+    metrics::counter!("meridian_route_redirects_total", "reason" => reason.as_str()).increment(1);
+    let rtt = regions
+        .iter()
+        .filter(|r| r.region == node.region)
+        .map(|r| r.rtt_ms)
+        .reduce(f64::min);
+    send(socket, protocol::redirect_json(req, node, reason, rtt)).await
 }
 
 /// Token bucket over messages.
@@ -147,17 +166,72 @@ pub async fn session(
         Err(e) => return close_with(&mut socket, close::UNAUTHORIZED, &e.to_string()).await,
     };
     if !st.accepting() {
-        return close_with(
-            &mut socket,
-            close::GOING_AWAY,
-            "the node is draining; connect to another",
-        )
-        .await;
+        // Draining: sent where the drain would move the session (its nearest healthy node),
+        // or, with none (or only one that would send it back), away.
+        let me = st.dir.me().to_string();
+        let kind = if claims.role == Role::Device {
+            Kind::Device
+        } else {
+            Kind::Watcher
+        };
+        let leaving = Leaving {
+            id: String::new(),
+            room: claims.room.clone(),
+            kind,
+            ranking: regions.clone(),
+        };
+        let homed_here = st.dir.is_home(&claims.room);
+        let to = st.dir.with_view(|v| {
+            let to = plan_drain(v, &me, std::slice::from_ref(&leaving))
+                .moves
+                .pop()?
+                .to?;
+            // A room homed here is still served only here unless the target serves it over
+            // the trunk: anywhere else would send the session straight back.
+            let homed_here = homed_here || v.room_home(&claims.room).is_some_and(|h| h.id == me);
+            let trunked = v.node(&me).is_some_and(|n| n.trunk.is_some()) && to.trunk.is_some();
+            (!homed_here || (trunked && kind == Kind::Watcher)).then_some(to)
+        });
+        match to {
+            Some(node) if redirects < MAX_REDIRECTS => {
+                if redirect(&mut socket, req, &node, Reason::Draining, &regions).await {
+                    close_with(
+                        &mut socket,
+                        close::REDIRECT,
+                        &format!("draining; go to {}", node.id),
+                    )
+                    .await;
+                }
+                return;
+            }
+            _ => {
+                return close_with(
+                    &mut socket,
+                    close::GOING_AWAY,
+                    "the node is draining; connect to another",
+                )
+                .await;
+            }
+        }
     }
-    // 2. Placement: the room's home, else the nearest region the client measured.
-    let placement = st.dir.place(&claims.room, &regions, redirects == 0);
+    // 2. Placement: the room's home, else the nearest region the client measured. With a
+    // trunk, a player or viewer of a room homed elsewhere stays on its nearest node, which
+    // serves the room over the trunk (an edge).
+    let edge_capable = st.trunk.is_some() && claims.role != Role::Device;
+    let placement = st
+        .dir
+        .place_session(&claims.room, &regions, redirects == 0, edge_capable);
+    let remote_home = st.dir.with_view(|v| {
+        v.room_home(&claims.room)
+            .filter(|h| h.id != st.dir.me() && h.trunk.is_some())
+            .map(|h| h.id.clone())
+    });
+    let mut edge = None;
     let target = if !placement.here {
         Some((placement.node.clone(), placement.reason))
+    } else if let (true, Some(home), Some(trunk)) = (edge_capable, &remote_home, &st.trunk) {
+        edge = Some(trunk.watch(&claims.room, home));
+        None
     } else {
         match st.dir.claim(&claims.room).await {
             Home::Here => None,
@@ -172,20 +246,8 @@ pub async fn session(
             );
             return close_with(&mut socket, close::REDIRECT_LOOP, &why).await;
         }
-        metrics::counter!("meridian_route_redirects_total", "reason" => reason.as_str())
-            .increment(1);
         tracing::debug!(%peer, room = %claims.room, to = %node.id, reason = reason.as_str(), "redirected");
-        let rtt = regions
-            .iter()
-            .filter(|r| r.region == node.region)
-            .map(|r| r.rtt_ms)
-            .reduce(f64::min);
-        if send(
-            &mut socket,
-            protocol::redirect_json(req, &node, reason, rtt),
-        )
-        .await
-        {
+        if redirect(&mut socket, req, &node, reason, &regions).await {
             close_with(&mut socket, close::REDIRECT, &format!("go to {}", node.id)).await;
         }
         return;
@@ -200,20 +262,27 @@ pub async fn session(
         Role::Player => SfuRole::Player,
         Role::Viewer => SfuRole::Viewer,
     };
+    let edge_home = if edge.is_some() { remote_home } else { None };
     let Ok(mut session) = st
         .sfu
-        .join(&claims.room, &claims.sub, role, resume_from)
+        .join_at(&claims.room, &claims.sub, role, resume_from, edge_home)
         .await
     else {
         return close_with(&mut socket, close::GOING_AWAY, "the node is stopping").await;
     };
     tracing::debug!(%peer, room = %claims.room, identity = %claims.sub, role = role.as_str(), "joined");
-    let _record = st.dir.session(
+    let _edge = edge;
+    let (sid, room, who, role_name) = (
         session.id.to_string(),
         &claims.room,
         &claims.sub,
         role.as_str(),
     );
+    let _record = if _edge.is_some() {
+        st.dir.edge_session(sid, room, who, role_name)
+    } else {
+        st.dir.session(sid, room, who, role_name)
+    };
     // Built and dropped before the session's loop: the room snapshot is only for this
     // message, and a session lives for hours.
     let joined = json!({
@@ -397,7 +466,7 @@ async fn handle(session: &Session, role: SfuRole, text: &str) -> Reply {
             Err(e) => sfu_error(req, &e),
         },
         ClientMessage::Subscribe {
-            track,
+            target,
             mid,
             layer,
             max_width,
@@ -408,7 +477,15 @@ async fn handle(session: &Session, role: SfuRole, text: &str) -> Reply {
                 max_width,
                 max_height,
             };
-            match session.subscribe(track, mid, prefs).await {
+            let r = match target {
+                SubscribeTarget::Track(track) => session.subscribe(track, mid, prefs).await,
+                SubscribeTarget::Publisher { identity, kind } => {
+                    session
+                        .subscribe_publisher(identity, kind, mid, prefs)
+                        .await
+                }
+            };
+            match r {
                 Ok(()) => ok(req, "subscribe"),
                 Err(e) => sfu_error(req, &e),
             }

@@ -43,6 +43,12 @@ const RATE_MIN_INTERVAL_MS = 500;
 const MEASURE_TIMEOUT_MS = 2_000;
 /** A reconnect measures again when the last measurement is older than this. */
 const MEASURE_MAX_AGE_MS = 60_000;
+/** A node that failed this client is skipped for this long when choosing where to reconnect. */
+const FAILED_NODE_TTL_MS = 30_000;
+/** A reconnect waits this long for a fresh token before re-joining with the last one. */
+const TOKEN_WAIT_MS = 2_000;
+/** The first reconnect after a connection that worked waits 0 to this (spread over clients). */
+const FIRST_RETRY_MAX_MS = 100;
 /** A join follows at most this many redirects (the node closes a longer chain with 4011). */
 const MAX_REDIRECTS = 3;
 
@@ -178,7 +184,8 @@ async function httpRtt(signaling, timeoutMs) {
  * Measures the RTT to every healthy region that the node at `url` lists (`GET /v1/regions`):
  * STUN to the region's first node (the media path), or timing `GET /v1/ping` on its
  * signaling URL where the browser yields no server-reflexive candidate. Resolves to
- * `[{region, rttMs, method: 'stun'|'http', node}]`, nearest first; regions that answered
+ * `[{region, rttMs, method: 'stun'|'http', node, signaling}]` (`signaling`: the URL of the
+ * region's node to join), nearest first; regions that answered
  * neither are left out. With fewer than two regions listed there is nothing to choose and it
  * resolves to [] without measuring.
  */
@@ -200,11 +207,28 @@ export async function measureRegions(url, { timeoutMs = MEASURE_TIMEOUT_MS } = {
       method = 'http';
     }
     if (rtt == null) return null;
-    return { region: r.region, rttMs: Math.round(rtt * 10) / 10, method, node: node.id ?? null };
+    const best = bestNode(r.nodes);
+    return {
+      region: r.region,
+      rttMs: Math.round(rtt * 10) / 10,
+      method,
+      node: best?.id ?? node.id ?? null,
+      signaling: typeof best?.signaling === 'string' ? best.signaling : null,
+    };
   };
   const measured = (await Promise.all(regions.map(one))).filter(Boolean);
   measured.sort((a, b) => a.rttMs - b.rttMs);
   return measured;
+}
+
+/** The node of a region to join: the least loaded one not overloaded (the node decides in the end). */
+function bestNode(nodes) {
+  let best = null;
+  for (const n of nodes) {
+    if (!n || n.overloaded === true || typeof n.signaling !== 'string') continue;
+    if (!best || (n.sessions ?? 0) < (best.sessions ?? 0)) best = n;
+  }
+  return best;
 }
 
 /** Exponential backoff with ±30 % jitter: 250 ms doubling up to 10 s. */
@@ -280,6 +304,10 @@ function toTracks(source) {
  *   state        {state, reason?, delayMs?}  'connecting' | 'joined' | 'connected' |
  *                'reconnecting' | 'closed'
  *   joined       the `joined` message (again after each reconnect)
+ *   reconnecting {reason, node, region}      the connection that worked was lost (once per
+ *                outage): the client re-homes on the next region of its ranking by itself
+ *   resumed      {node, region, downMs}      media flows again after `reconnecting`; the
+ *                session resumed (messages replayed, watches and publications restored)
  *   measured     {regions}                   the RTT to each region, before a join ranks them
  *   redirect     {url, node, region, reason, rttMs} the session belongs on another node; the
  *                client joins there by itself
@@ -357,6 +385,12 @@ export class Client extends EventTarget {
     this._attempt = 0;
     this._unauthorized = 0;
     this._connectedAt = 0;
+    /** Signaling base URLs (href) that failed this client → when (performance.now()). */
+    this._failed = new Map();
+    /** The token of the last join (re-used for a re-home while the token source is away). */
+    this._lastToken = null;
+    /** When media last stopped on a connection that had it (for `reconnecting`/`resumed`). */
+    this._lostAt = null;
     this._everJoined = false;
     this._closed = false;
 
@@ -735,8 +769,9 @@ export class Client extends EventTarget {
   // ---------------------------------------------------------------- connection lifecycle
 
   /**
-   * Opens a connection: to the entry node after measuring, or, following a `redirect`, to the
-   * node it names with the same token.
+   * Opens a connection: after measuring, to the best-ranked region's node (or the entry node
+   * when there is no ranking with a node URL), or, following a `redirect`, to the node it
+   * names with the same token.
    */
   async _open(redirect = null) {
     if (this._closed) return;
@@ -759,15 +794,32 @@ export class Client extends EventTarget {
       if (gen !== this._gen || this._closed) return;
     }
     if (!redirect) {
-      this.base = this.entryBase;
+      this.base = this._nextBase();
       this.wsUrl = wsUrl(this.base);
     }
     const redirects = redirect?.redirects ?? 0;
     let token;
+    let tokenError = null;
     try {
-      token = redirect ? redirect.token : typeof this._token === 'function' ? await this._token() : this._token;
+      if (redirect) token = redirect.token;
+      else if (typeof this._token !== 'function') token = this._token;
+      else if (!this._lastToken) token = await this._token();
+      // With a token in hand, a token source that hangs (its host died) does not hold up
+      // the re-home for long.
+      else token = await Promise.race([this._token(), new Promise((_, rej) => setTimeout(() => rej(new Error(`no token within ${TOKEN_WAIT_MS} ms`)), TOKEN_WAIT_MS))]);
     } catch (e) {
       if (gen !== this._gen) return;
+      tokenError = e;
+      // The token source is away (it may have been served by the node that just died): the
+      // last token, while it is valid for a while yet, gets us re-homed meanwhile.
+      if (this._lastToken && this.expires && this.expires * 1000 > Date.now() + 5_000) {
+        this._log(`could not get a fresh token (${e.message ?? e}); re-joining with the last one`);
+        token = this._lastToken;
+      }
+    }
+    if (token == null) {
+      if (gen !== this._gen) return;
+      const e = tokenError ?? new Error('the token function returned nothing');
       // Refused (an HTTP 4xx, e.g. dev tokens turned off): asking again will not help.
       if (e?.status >= 400 && e.status < 500) return this._fatal(e instanceof MeridianError ? e : new MeridianError('token', String(e.message ?? e)));
       this._retry(gen, `could not get a token: ${e.message ?? e}`);
@@ -788,7 +840,10 @@ export class Client extends EventTarget {
     ws.onopen = () => {
       if (gen !== this._gen) return;
       const join = { type: 'join', token, v: PROTOCOL_VERSION };
-      if (this.regions?.length) join.regions = this.regions.slice(0, 32).map((r) => ({ region: r.region, rtt_ms: r.rttMs }));
+      // Without the regions whose node failed us: a node that has not yet seen the death
+      // must not send us back there.
+      const ranked = (this.regions ?? []).filter((r) => !this._hasFailed(r.signaling));
+      if (ranked.length) join.regions = ranked.slice(0, 32).map((r) => ({ region: r.region, rtt_ms: r.rttMs }));
       if (redirects) join.redirects = redirects;
       // Resume after the last message received; a client that has received none but has
       // sent some resumes from just before its first acknowledged one (its sequence number
@@ -799,8 +854,9 @@ export class Client extends EventTarget {
         .then((reply) => {
           this._clearTimer(joinTimer);
           if (gen !== this._gen) return;
-          if (reply.type === 'redirect') this._followRedirect(gen, reply, token, redirects);
-          else this._onJoined(gen, reply);
+          if (reply.type === 'redirect') return this._followRedirect(gen, reply, token, redirects);
+          this._lastToken = token;
+          this._onJoined(gen, reply);
         })
         .catch(() => {
           // a close or timeout is handled by onclose / joinTimer
@@ -822,6 +878,38 @@ export class Client extends EventTarget {
       if (gen !== this._gen) return;
       this._onWsClose(gen, e);
     };
+  }
+
+  /** Whether the node at `url` failed this client within FAILED_NODE_TTL_MS. */
+  _hasFailed(url) {
+    if (!url) return false;
+    let href;
+    try {
+      href = baseUrl(url).href;
+    } catch {
+      return false;
+    }
+    const at = this._failed.get(href);
+    return at != null && performance.now() - at < FAILED_NODE_TTL_MS;
+  }
+
+  /**
+   * Where to (re)connect: the best-ranked region's node that has not failed this client (it
+   * answers `joined` without a redirect hop), else the entry node when it has not failed,
+   * else, everything having failed, the known nodes in turn.
+   */
+  _nextBase() {
+    const all = [];
+    for (const r of this.regions ?? []) {
+      try {
+        if (r.signaling) all.push(baseUrl(r.signaling));
+      } catch {
+        // not a URL: skipped
+      }
+    }
+    all.push(this.entryBase);
+    const fresh = all.find((b) => !this._hasFailed(b.href));
+    return fresh ?? all[this._attempt % all.length];
   }
 
   /** A `redirect` reply to `join`: the session belongs on another node; join there. */
@@ -884,9 +972,19 @@ export class Client extends EventTarget {
       this._setState('closed', { reason });
       return;
     }
+    if (this.base) this._failed.set(this.base.href, performance.now());
+    const wasConnected = this._connectedAt > 0;
+    if (wasConnected && this._lostAt == null) {
+      // Once per outage, however many attempts it takes.
+      this._lostAt = performance.now();
+      this._emit('reconnecting', { reason, node: this.placement?.node ?? null, region: this.placement?.region ?? null });
+    }
     if (this._connectedAt && performance.now() - this._connectedAt > STABLE_AFTER_MS) this._attempt = 0;
     this._connectedAt = 0;
-    const delayMs = backoffDelay(this._attempt++);
+    // The first retry after a connection that worked goes (almost) at once: its relay died
+    // or drained, and the next region is known.
+    const delayMs = wasConnected ? Math.floor(Math.random() * FIRST_RETRY_MAX_MS) : backoffDelay(this._attempt);
+    this._attempt++;
     this._setState('reconnecting', { reason, delayMs });
     this._setTimer(() => this._open(), delayMs);
   }
@@ -1008,6 +1106,11 @@ export class Client extends EventTarget {
         this._clearTimer(this._mediaTimer);
         this._connectedAt = performance.now();
         this._setState('connected');
+        if (this._lostAt != null) {
+          const downMs = Math.round(performance.now() - this._lostAt);
+          this._lostAt = null;
+          this._emit('resumed', { node: this.placement?.node ?? null, region: this.placement?.region ?? null, downMs });
+        }
       } else if (s === 'failed') {
         this._retry(gen, 'ICE/DTLS failed');
       } else if (s === 'disconnected') {

@@ -12,6 +12,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod str0m_peer;
 
 use std::fs;

@@ -124,16 +124,7 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// The SFU's UDP host candidate from an SDP answer.
-fn server_udp(sdp: &str) -> Option<SocketAddr> {
-    sdp.lines()
-        .filter_map(|l| l.strip_prefix("a=candidate:"))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 6 && f[2].eq_ignore_ascii_case("udp")).then(|| format!("{}:{}", f[4], f[5]))
-        })
-        .find_map(|a| a.parse().ok())
-}
+use super::player::server_udp;
 
 pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()

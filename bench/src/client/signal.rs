@@ -54,10 +54,25 @@ impl Signal {
     /// the node it is on and the redirects it followed.
     pub async fn join_routed_on(
         base: &str,
-        mut join: Value,
-        mut conn: Option<TcpStream>,
+        join: Value,
+        conn: Option<TcpStream>,
         local: Option<IpAddr>,
     ) -> anyhow::Result<(Signal, String, u32)> {
+        let (s, base, hops, _) = Signal::join_pipelined(base, join, &[], conn, local).await?;
+        Ok((s, base, hops))
+    }
+
+    /// [`Signal::join_routed_on`], sending `then` (requests without `req`) right behind the
+    /// join, without waiting for its reply: one round trip for all of them. Returns their
+    /// replies in order (`error` replies included, as they came). On a redirect they are sent
+    /// again, behind the join, to the node it names.
+    pub async fn join_pipelined(
+        base: &str,
+        mut join: Value,
+        then: &[Value],
+        mut conn: Option<TcpStream>,
+        local: Option<IpAddr>,
+    ) -> anyhow::Result<(Signal, String, u32, Vec<Value>)> {
         let mut base = base.trim_end_matches('/').to_string();
         for hop in 0..=MAX_REDIRECTS {
             let url = ws_url(&base)?;
@@ -82,39 +97,69 @@ impl Signal {
                 joined: Value::Null,
             };
             join["redirects"] = json!(hop);
-            let reply = s.request(join.clone()).await.context("join")?;
+            let join_req = s.send_request(join.clone()).await?;
+            let mut reqs = Vec::new();
+            for m in then {
+                reqs.push(s.send_request(m.clone()).await?);
+            }
+            let reply = s.reply(join_req, "join").await.context("join")?;
             if reply["type"] == "redirect" {
                 let to = reply["url"].as_str().unwrap_or_default();
                 base = http_base(to)?;
                 continue;
             }
+            if reply["type"] == "error" {
+                bail!(
+                    "join: {}: {}",
+                    reply["code"].as_str().unwrap_or("?"),
+                    reply["message"].as_str().unwrap_or("")
+                );
+            }
             s.joined = reply;
-            return Ok((s, base, hop));
+            let mut replies = Vec::new();
+            for (r, m) in reqs.into_iter().zip(then) {
+                replies.push(s.reply(r, m["type"].as_str().unwrap_or("request")).await?);
+            }
+            return Ok((s, base, hop, replies));
         }
         bail!("join redirected more than {MAX_REDIRECTS} times")
     }
 
     /// Sends a request and waits for its reply (`error` replies become errors).
-    pub async fn request(&mut self, mut msg: Value) -> anyhow::Result<Value> {
+    pub async fn request(&mut self, msg: Value) -> anyhow::Result<Value> {
+        let what = msg["type"].as_str().unwrap_or("request").to_string();
+        let req = self.send_request(msg).await?;
+        let v = self.reply(req, &what).await?;
+        if v["type"] == "error" {
+            bail!(
+                "{}: {}",
+                v["code"].as_str().unwrap_or("?"),
+                v["message"].as_str().unwrap_or("")
+            );
+        }
+        Ok(v)
+    }
+
+    /// Sends a request with the next `req` id; returns the id.
+    async fn send_request(&mut self, mut msg: Value) -> anyhow::Result<u64> {
         let req = self.next_req;
         self.next_req += 1;
         msg["req"] = json!(req);
         futures_util::SinkExt::send(&mut self.ws, Message::text(msg.to_string()))
             .await
             .map_err(|e| anyhow!("signaling send: {e}"))?;
+        Ok(req)
+    }
+
+    /// Waits for the reply to request `req` (an `error` reply included); events that come
+    /// first go to the backlog.
+    async fn reply(&mut self, req: u64, what: &str) -> anyhow::Result<Value> {
         let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
         loop {
             let v = tokio::time::timeout_at(deadline, self.next_json())
                 .await
-                .map_err(|_| anyhow!("no reply to {} within {REPLY_TIMEOUT:?}", msg["type"]))??;
+                .map_err(|_| anyhow!("no reply to {what} within {REPLY_TIMEOUT:?}"))??;
             if v["req"].as_u64() == Some(req) {
-                if v["type"] == "error" {
-                    bail!(
-                        "{}: {}",
-                        v["code"].as_str().unwrap_or("?"),
-                        v["message"].as_str().unwrap_or("")
-                    );
-                }
                 return Ok(v);
             }
             self.backlog.push(v);

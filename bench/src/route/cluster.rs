@@ -34,6 +34,9 @@ pub struct Spec {
     /// Extra lines in every node's `[sfu]` section.
     pub sfu_extra: Vec<String>,
     pub log_level: String,
+    /// Run the trunk between the nodes, each one's behind a shim on 127.0.N.3 adding this
+    /// one-way delay (ms) both ways (`None`: no trunk).
+    pub trunk_delay_ms: Option<f64>,
 }
 
 /// One region's node.
@@ -47,6 +50,8 @@ pub struct Region {
     pub turn: u16,
     pub sfu: u16,
     pub admin: Option<SocketAddr>,
+    /// Where other nodes reach its trunk (the trunk shim), when there is one.
+    pub trunk: Option<SocketAddr>,
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -176,6 +181,10 @@ impl Cluster {
         let redis = RedisServer::try_start().map_err(|e| anyhow!(e))?;
         let dir = TempDir::new("cluster")?;
         let shims = !spec.delays.is_empty();
+        let ca = match spec.trunk_delay_ms {
+            Some(_) => Some(meridian_trunk::tls::make_ca().map_err(|e| anyhow!("{e}"))?),
+            None => None,
+        };
         let mut regions = Vec::new();
         for (r, name) in spec.regions.iter().enumerate() {
             let n = r as u8 + 1;
@@ -192,6 +201,37 @@ impl Cluster {
             );
             let id = format!("node-{name}");
             let config = dir.path().join(format!("{id}.toml"));
+            let mut trunk_toml = String::new();
+            let mut trunk_public = None;
+            if let (Some(ca), Some(delay)) = (&ca, spec.trunk_delay_ms) {
+                let shim_ip = IpAddr::V4(Ipv4Addr::new(127, 0, n, 3));
+                let port = free_port(node_ip, shim_ip)?;
+                let cert = meridian_trunk::tls::make_node_cert(&ca.key, &id, 1)
+                    .map_err(|e| anyhow!("{e}"))?;
+                let file = |ext: &str, text: &str| -> anyhow::Result<String> {
+                    let p = dir.path().join(format!("{id}.{ext}"));
+                    std::fs::write(&p, text)?;
+                    Ok(format!("{:?}", p.display().to_string()))
+                };
+                trunk_toml = format!(
+                    "[trunk]\nlisten = \"{node_ip}:{port}\"\npublic_addr = \"{shim_ip}:{port}\"\nca = {}\ncert = {}\nkey = {}\n",
+                    file("ca.pem", &ca.cert)?,
+                    file("pem", &cert.cert)?,
+                    file("key", &cert.key)?,
+                );
+                let p = Path {
+                    delay: Duration::from_secs_f64(delay / 1000.0),
+                    ..Path::default()
+                };
+                let (listen, target) = (
+                    SocketAddr::new(shim_ip, port),
+                    SocketAddr::new(node_ip, port),
+                );
+                shim::start(&[(listen, target)], &[], Paths::symmetric(p))
+                    .await
+                    .with_context(|| format!("the trunk shim of region {name}"))?;
+                trunk_public = Some(listen);
+            }
             let extra = spec.cluster_extra.join("\n");
             let sfu_extra = spec.sfu_extra.join("\n");
             std::fs::write(
@@ -204,7 +244,7 @@ impl Cluster {
                      api_keys = [{{ key = \"{API_KEY}\", secret = \"{API_SECRET}\" }}]\nmessages_per_sec = 1000\nmessage_burst = 1000\n\
                      [sfu]\nudp = \"{node_ip}:{sfu}\"\ntcp = []\npublic_ip = \"{public_ip}\"\n{sfu_extra}\n\
                      [cluster]\nregion = \"{name}\"\ndirectory = \"{redis}\"\nkey_prefix = \"bench\"\n\
-                     public_signaling_url = \"http://{public_ip}:{http}\"\npublic_stun = [\"{public_ip}:{turn}\"]\n{extra}\n",
+                     public_signaling_url = \"http://{public_ip}:{http}\"\npublic_stun = [\"{public_ip}:{turn}\"]\n{extra}\n{trunk_toml}",
                     level = spec.log_level,
                     redis = redis.url(),
                 ),
@@ -241,6 +281,7 @@ impl Cluster {
                 turn,
                 sfu,
                 admin: None,
+                trunk: trunk_public,
                 config,
                 child: None,
                 pid: 0,

@@ -139,6 +139,7 @@ async fn run_async(args: &DirectoryArgs) -> anyhow::Result<DirectoryReport> {
         cluster_extra: vec![],
         sfu_extra: vec![],
         log_level: "warn".into(),
+        trunk_delay_ms: None,
     };
     eprintln!("starting redis-server and 3 nodes ...");
     let mut cluster = Cluster::start(&spec).await?;

@@ -108,6 +108,10 @@ pub struct Session {
     pub measure_ms: f64,
     /// From the first request to the `joined` reply.
     pub joined_ms: Option<f64>,
+    /// From the first request to the SDP answer (subscribe and offer answered).
+    pub answered_ms: Option<f64>,
+    /// From the first request to ICE + DTLS connected.
+    pub connected_ms: Option<f64>,
     /// From the first request to the first media packet.
     pub to_media_ms: Option<f64>,
     pub redirects: u32,
@@ -137,11 +141,26 @@ pub struct GroupSummary {
     pub redirects: u32,
 }
 
+/// Reads the time to one step from a session.
+type StepTime = fn(&Session) -> Option<f64>;
+
+/// Time from the first request to one step of a join, over every group's players of a mode.
+#[derive(Serialize, Debug, Clone)]
+pub struct Step {
+    pub mode: String,
+    /// regions, measured, joined, answered, connected, media.
+    pub step: String,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
 #[derive(Serialize, Debug, Clone)]
 pub struct RouteReport {
     pub entry: String,
     pub rtt_ms: [f64; 3],
     pub groups: Vec<GroupSummary>,
+    /// Where the time to media goes, per mode (p50 and p99 of the time to each step).
+    pub steps: Vec<Step>,
     pub devices: Vec<Session>,
     pub sessions: Vec<Session>,
     pub on_nearest_pct: f64,
@@ -211,6 +230,7 @@ async fn run_async(args: &RouteArgs, m: &[Vec<f64>]) -> anyhow::Result<RouteRepo
         // time to media measures the path more than the keyframe cadence.
         sfu_extra: vec!["keyframe_interval_ms = 100".into()],
         log_level: "warn".into(),
+        trunk_delay_ms: None,
     };
     eprintln!("starting redis-server, 3 nodes and their delay shims ...");
     let cluster = Arc::new(Cluster::start(&spec).await?);
@@ -371,6 +391,8 @@ fn session(
         regions_ms: routed.regions_time.as_secs_f64() * 1e3,
         measure_ms: routed.measure_time.as_secs_f64() * 1e3,
         joined_ms: None,
+        answered_ms: None,
+        connected_ms: None,
         to_media_ms: None,
         redirects: routed.redirects,
         reason: routed.signal.joined["route"]["reason"]
@@ -446,6 +468,8 @@ async fn player(
                 regions_ms: 0.0,
                 measure_ms: 0.0,
                 joined_ms: None,
+                answered_ms: None,
+                connected_ms: None,
                 to_media_ms: None,
                 redirects,
                 reason: signal.joined["route"]["reason"]
@@ -469,7 +493,10 @@ async fn player(
             true,
         )
         .await?;
-        s.to_media_ms = res.first_frame.map(|d| d.as_secs_f64() * 1e3);
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+        s.answered_ms = ms(res.answered);
+        s.connected_ms = ms(res.connected);
+        s.to_media_ms = ms(res.first_frame);
         if s.to_media_ms.is_none() {
             s.error = Some("no media".into());
         }
@@ -510,6 +537,8 @@ fn failed(g: usize, mode: &str, entry: Option<usize>, e: anyhow::Error) -> Sessi
         regions_ms: 0.0,
         measure_ms: 0.0,
         joined_ms: None,
+        answered_ms: None,
+        connected_ms: None,
         to_media_ms: None,
         redirects: 0,
         reason: None,
@@ -570,6 +599,30 @@ fn summarize(
             redirects: routed.iter().map(|s| s.redirects).sum(),
         });
     }
+    let mut steps = Vec::new();
+    for mode in ["routed", "direct"] {
+        let ok: Vec<&Session> = sessions
+            .iter()
+            .filter(|s| s.mode == mode && s.error.is_none())
+            .collect();
+        let at: [(&str, StepTime); 6] = [
+            ("regions", |s| Some(s.regions_ms)),
+            ("measured", |s| Some(s.regions_ms + s.measure_ms)),
+            ("joined", |s| s.joined_ms),
+            ("answered", |s| s.answered_ms),
+            ("connected", |s| s.connected_ms),
+            ("media", |s| s.to_media_ms),
+        ];
+        for (step, get) in at {
+            let v: Vec<f64> = ok.iter().filter_map(|s| get(s)).collect();
+            steps.push(Step {
+                mode: mode.into(),
+                step: step.into(),
+                p50_ms: percentile(&v, 0.5),
+                p99_ms: percentile(&v, 0.99),
+            });
+        }
+    }
     let routed_total: usize = groups.iter().map(|g| g.routed).sum();
     let on: usize = groups.iter().map(|g| g.on_nearest).sum();
     RouteReport {
@@ -584,6 +637,7 @@ fn summarize(
             .iter()
             .all(|g| g.added_ms_p50.is_some_and(|a| a <= g.budget_ms)),
         groups,
+        steps,
         devices,
         sessions,
     }
@@ -618,6 +672,16 @@ pub fn markdown(r: &RouteReport) -> String {
             g.budget_ms,
             g.redirects,
         ));
+    }
+    s.push_str("\nTime from the first request to each step, ms (p50 / p99, all groups):\n\n| mode | region list | measured | joined | SDP answer | ICE+DTLS connected | first media |\n|---|---|---|---|---|---|---|\n");
+    for mode in ["routed", "direct"] {
+        let cells: Vec<String> = r
+            .steps
+            .iter()
+            .filter(|x| x.mode == mode)
+            .map(|x| format!("{} / {}", f(x.p50_ms), f(x.p99_ms)))
+            .collect();
+        s.push_str(&format!("| {mode} | {} |\n", cells.join(" | ")));
     }
     s.push_str("\n| device | placed on | nearest | measured RTT ms | reason | to publishing ms |\n|---|---|---|---|---|---|\n");
     for d in &r.devices {

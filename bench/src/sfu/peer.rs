@@ -70,6 +70,10 @@ pub struct SubResult {
     pub received: u64,
     pub latency_ns: Histogram<u64>,
     pub first_frame: Option<Duration>,
+    /// From `started` to the SDP answer (subscribe + offer answered over signaling).
+    pub answered: Option<Duration>,
+    /// From `started` to ICE + DTLS connected.
+    pub connected: Option<Duration>,
 }
 
 /// Drives one client: the UDP socket, its `Rtc`, and an optional media tick.
@@ -310,12 +314,15 @@ pub async fn subscriber_on(
         pending,
         SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap_or(""))?,
     )?;
+    let answered = Some(started.elapsed());
     let _events = signal.into_events();
     let mut driver = Driver::new(server, rtc, local).await?;
     let mut res = SubResult {
         received: 0,
         latency_ns: Histogram::new_with_bounds(1_000, 10_000_000_000, 3)?,
         first_frame: None,
+        answered,
+        connected: None,
     };
     let mut buf = vec![0u8; 2048];
     let done = |res: &SubResult| first_frame_only && res.first_frame.is_some();
@@ -337,6 +344,9 @@ pub async fn subscriber_on(
                 }
             })
             .await?;
+        if driver.connected && res.connected.is_none() {
+            res.connected = Some(started.elapsed());
+        }
         let wake = tokio::time::Instant::from_std(deadline)
             .min(tokio::time::Instant::now() + Duration::from_millis(50));
         tokio::select! {

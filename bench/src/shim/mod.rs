@@ -1,7 +1,8 @@
 //! `meridian bench shim`: emulated network delay, jitter and loss in user space (this kernel
 //! has no `netem`), in front of a node as a 1:1 NAT would be. Each `--udp LISTEN=TARGET`
 //! forwards datagrams from every client through its own upstream socket (so the node sees one
-//! address per client and its replies find their way back); each `--tcp LISTEN=TARGET` relays
+//! address per client and its replies find their way back; in front of a loopback node each
+//! client also gets its own source IP, from 127.100.0.0/16, as clients on the internet have); each `--tcp LISTEN=TARGET` relays
 //! connections. Every packet or chunk waits in a [`delay::DelayLine`] per direction. The node
 //! advertises the shim's addresses (`cluster.public_signaling_url`, `cluster.public_stun`,
 //! `sfu.public_ip`), so clients reach it only through the emulated path. `--from IP=MS` gives
@@ -13,6 +14,7 @@ pub mod delay;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -262,8 +264,41 @@ struct UdpClient {
     seen: Instant,
 }
 
+/// The first of the loopback addresses a shim gives its UDP clients (127.100.0.0/16).
+const SOURCE_POOL: [u8; 2] = [127, 100];
+
+/// The address the `n`-th UDP client's upstream socket binds. In front of a loopback node
+/// every client gets its own source address from 127.100.0.0/16, as clients on the internet
+/// have (or a 1:1 NAT gives): the node then sees one source IP per client, not every client
+/// behind the shim's one address, so per-source limits (the TURN port's limit on
+/// unauthenticated requests, which covers the routing probes) apply per client as in a real
+/// deployment. In front of any other node: the wildcard address.
+fn upstream_source(target: SocketAddr, n: u32) -> SocketAddr {
+    match target {
+        SocketAddr::V4(t) if t.ip().is_loopback() => {
+            let i = n % (254 * 254);
+            let ip = std::net::Ipv4Addr::new(
+                SOURCE_POOL[0],
+                SOURCE_POOL[1],
+                (i / 254 + 1) as u8,
+                (i % 254 + 1) as u8,
+            );
+            (ip, 0).into()
+        }
+        _ => unspecified(target),
+    }
+}
+
+fn unspecified(target: SocketAddr) -> SocketAddr {
+    match target {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    }
+}
+
 async fn udp_forward(listen: Arc<UdpSocket>, target: SocketAddr, paths: Arc<Paths>) {
     let clients: Arc<Mutex<HashMap<SocketAddr, UdpClient>>> = Arc::default();
+    let next_source = AtomicU32::new(0);
     let mut buf = vec![0u8; 65536];
     loop {
         let Ok((n, from)) = listen.recv_from(&mut buf).await else {
@@ -279,11 +314,10 @@ async fn udp_forward(listen: Arc<UdpSocket>, target: SocketAddr, paths: Arc<Path
                     map.remove(&oldest);
                 }
             }
-            let bind: SocketAddr = match target {
-                SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-                SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-            };
-            let Ok(std_sock) = std::net::UdpSocket::bind(bind) else {
+            let bind = upstream_source(target, next_source.fetch_add(1, Ordering::Relaxed));
+            let Ok(std_sock) = std::net::UdpSocket::bind(bind)
+                .or_else(|_| std::net::UdpSocket::bind(unspecified(target)))
+            else {
                 continue;
             };
             if std_sock.connect(target).is_err() || std_sock.set_nonblocking(true).is_err() {
@@ -413,10 +447,12 @@ mod tests {
         // A UDP echo and a TCP echo as "the node".
         let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let echo_addr = echo.local_addr().unwrap();
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut buf = [0u8; 1500];
             for _ in 0..6 {
                 let (n, from) = echo.recv_from(&mut buf).await.unwrap();
+                let _ = seen_tx.send(from);
                 echo.send_to(&buf[..n], from).await.unwrap();
             }
         });
@@ -461,6 +497,23 @@ mod tests {
                     t0.elapsed()
                 );
             }
+        }
+
+        // The node saw each client from its own source address (as on the internet), all
+        // three datagrams of a client from the same one.
+        let mut sources = Vec::new();
+        while let Ok(a) = seen.try_recv() {
+            sources.push(a);
+        }
+        assert_eq!(sources.len(), 6);
+        assert!(sources[..3].iter().all(|a| *a == sources[0]));
+        assert!(sources[3..].iter().all(|a| *a == sources[3]));
+        assert_ne!(sources[0].ip(), sources[3].ip(), "{sources:?}");
+        for a in [sources[0], sources[3]] {
+            let IpAddr::V4(ip) = a.ip() else {
+                panic!("{a}")
+            };
+            assert_eq!(ip.octets()[..2], SOURCE_POOL, "{a}");
         }
 
         let mut s = TcpStream::connect(running.tcp[0]).await.unwrap();

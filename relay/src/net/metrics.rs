@@ -284,6 +284,17 @@ impl SfuExport {
             .increment(s.nack_misses - l.nack_misses);
         counter!("meridian_sfu_dropped_total", "reason" => "srtp")
             .increment(s.srtp_errors - l.srtp_errors);
+        c(
+            "meridian_sfu_trunk_packets_in_total",
+            s.trunk_packets_in,
+            l.trunk_packets_in,
+        );
+        counter!("meridian_sfu_dropped_total", "reason" => "trunk_bad_packet")
+            .increment(s.trunk_bad_packets - l.trunk_bad_packets);
+        counter!("meridian_sfu_trunk_retransmissions_total", "result" => "sent")
+            .increment(s.trunk_resent - l.trunk_resent);
+        counter!("meridian_sfu_trunk_retransmissions_total", "result" => "not_cached")
+            .increment(s.trunk_resend_misses - l.trunk_resend_misses);
         self.last = s;
         let (publishers, subscriptions) = sfu.publisher_subscriber_counts();
         gauge!("meridian_sfu_sessions", "shard" => shard_label.clone())
@@ -333,6 +344,51 @@ fn describe_sfu() {
     describe_gauge!(
         "meridian_sfu_room_bitrate_bps",
         "Media bitrate published into a room (the busiest rooms by name, the rest as room=\"_other\")"
+    );
+    describe_counter!(
+        "meridian_sfu_trunk_packets_in_total",
+        "Media packets of remote tracks (homed on other nodes) taken from the trunk"
+    );
+    describe_counter!(
+        "meridian_sfu_trunk_retransmissions_total",
+        "Packets resent to the trunk for other nodes' NACKs (sent, not_cached)"
+    );
+    describe_counter!(
+        "meridian_trunk_datagrams_total",
+        "Trunk media datagrams by peer node and direction (tx, rx)"
+    );
+    describe_counter!(
+        "meridian_trunk_bytes_total",
+        "Trunk UDP bytes by peer node and direction (tx, rx)"
+    );
+    describe_gauge!(
+        "meridian_trunk_rtt_seconds",
+        "Smoothed RTT of the trunk to a peer node"
+    );
+    describe_gauge!("meridian_trunk_connections", "Trunk connections up");
+    describe_counter!(
+        "meridian_trunk_refused_total",
+        "Trunk peers refused (reason: certificate, handshake, not_allowed, hello, identity, timeout)"
+    );
+    describe_counter!(
+        "meridian_trunk_lost_packets_total",
+        "QUIC packets the trunk to a peer node lost"
+    );
+    describe_counter!(
+        "meridian_trunk_datagrams_dropped_total",
+        "Trunk media datagrams not sent or not delivered (not_up, too_large, events_full)"
+    );
+    describe_gauge!(
+        "meridian_trunk_subscriptions",
+        "Open remote subscriptions per trunk: side=import (tracks this node receives from the peer), side=export (tracks the peer receives from this node)"
+    );
+    describe_gauge!(
+        "meridian_trunk_edge_rooms",
+        "Rooms homed on other nodes served here"
+    );
+    describe_gauge!(
+        "meridian_trunk_pending_messages",
+        "Room messages sent to their home and not acknowledged yet"
     );
     describe_counter!("meridian_sfu_joins_total", "Sessions that joined");
     describe_counter!("meridian_sfu_leaves_total", "Sessions that ended");

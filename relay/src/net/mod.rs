@@ -8,6 +8,7 @@
 //! [`Server`]: crate::turn::Server
 
 mod admin;
+mod handoff;
 mod metrics;
 mod mmsg;
 mod node;
@@ -16,9 +17,10 @@ mod sfu;
 mod sockets;
 mod stream;
 mod tls;
+pub mod trunk;
 mod worker;
 
 pub use admin::StatusBoard;
-pub use node::{run, Attach, AttachContext, RunOptions, TlsReload};
+pub use node::{run, Alternate, Attach, AttachContext, RunOptions, SessionCount, TlsReload};
 pub use sfu::{Gone, Session, SfuHandle, SfuNode};
 pub use tls::ReloadableTls;

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use meridian_config::Config;
 use tokio::sync::mpsc;
 
+use super::handoff::Control;
 use super::tls::ReloadableTls;
-use super::worker::{self, Control, RelayBinding, WorkerSetup};
+use super::worker::{self, RelayBinding, WorkerSetup};
 use super::{admin, metrics, sockets};
 use crate::turn::auth::{Credentials, NonceIssuer};
 use crate::turn::policy::PeerPolicy;
@@ -39,7 +40,18 @@ pub struct AttachContext {
     pub tls_reload: TlsReload,
     /// Lines a service adds to `/readyz`.
     pub status: admin::StatusBoard,
+    /// Where TURN clients go while this node drains, when `turn.alternate_server` is not set:
+    /// set by a service that knows the cluster, asked when the drain starts.
+    pub alternate: Alternate,
+    /// How many client sessions the services hold (signaling: WebSocket, WHIP, WHEP), set by
+    /// them: a drain waits for these as well as for TURN allocations.
+    pub sessions: SessionCount,
 }
+
+/// Counts the client sessions a service holds.
+pub type SessionCount = Arc<std::sync::OnceLock<Box<dyn Fn() -> usize + Send + Sync>>>;
+/// Chooses the TURN server new clients are sent to while this node drains.
+pub type Alternate = Arc<std::sync::OnceLock<Box<dyn Fn() -> Option<SocketAddr> + Send + Sync>>>;
 
 /// The node's reloadable certificates, by what serves them ("TURN", "signaling").
 pub type TlsReload = Arc<std::sync::Mutex<Vec<(&'static str, ReloadableTls)>>>;
@@ -325,6 +337,8 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
                 upkeep.run_upkeep();
             }
         });
+        let alternate_slot: Alternate = Arc::default();
+        let service_sessions: SessionCount = Arc::default();
         let services = match attach {
             Some(attach) => attach(AttachContext {
                 tls_reload: tls_reload.clone(),
@@ -334,6 +348,8 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
                 turn_tcp: bound_tcp.clone(),
                 turn_tls: bound_tls.clone(),
                 ready: ready.clone(),
+                alternate: alternate_slot.clone(),
+                sessions: service_sessions.clone(),
             })
             .await
             .map_err(NodeError::Service)?,
@@ -349,10 +365,23 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
         wait_for_stop(signals, &tls_reload).await;
         ready.store(false, Ordering::Relaxed);
         ::metrics::gauge!("meridian_ready").set(0.0);
-        for c in &controls {
-            let _ = c.send(Control::Drain);
+        // The configured alternate, else the one the cluster chose.
+        let alternate = config
+            .turn
+            .alternate_server
+            .or_else(|| alternate_slot.get().and_then(|choose| choose()));
+        if let Some(a) = alternate {
+            tracing::info!(%a, "draining: new TURN clients are sent to {a} (300 Try Alternate)");
         }
-        drain(&shared.ledger, Duration::from_secs(config.drain.deadline_secs)).await;
+        for c in &controls {
+            let _ = c.send(Control::Drain(alternate));
+        }
+        drain(
+            &shared.ledger,
+            &service_sessions,
+            Duration::from_secs(config.drain.deadline_secs),
+        )
+        .await;
         Ok(())
     });
     for c in &controls {
@@ -411,21 +440,26 @@ async fn wait_for_stop(signals: StopSignals, tls: &TlsReload) {
     }
 }
 
-/// Lets existing allocations run until they end or the deadline passes. A second SIGTERM or
-/// SIGINT ends the drain at once.
-async fn drain(ledger: &AllocationLedger, deadline: Duration) {
+/// Lets existing allocations and the services' sessions run until they end or the deadline
+/// passes. A second SIGTERM or SIGINT ends the drain at once.
+async fn drain(ledger: &AllocationLedger, sessions: &SessionCount, deadline: Duration) {
     use tokio::signal::unix::{signal, SignalKind};
     let end = tokio::time::Instant::now() + deadline;
     let mut term = signal(SignalKind::terminate()).ok();
     let mut int = signal(SignalKind::interrupt()).ok();
     loop {
         let left = ledger.total();
-        if left == 0 {
-            tracing::info!("drained: no allocations left");
+        let clients = sessions.get().map_or(0, |count| count());
+        if left == 0 && clients == 0 {
+            tracing::info!("drained: no allocations or sessions left");
             return;
         }
         if tokio::time::Instant::now() >= end {
-            tracing::info!(allocations = left, "drain deadline reached");
+            tracing::info!(
+                allocations = left,
+                sessions = clients,
+                "drain deadline reached"
+            );
             return;
         }
         tokio::select! {

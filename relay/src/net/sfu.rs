@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
+use super::handoff::TurnBack;
 use crate::sfu::layer::LayerPrefs;
 use crate::sfu::{
     DeviceSummary, JoinRequest, Notice, ParticipantId, ParticipantInfo, Protocol, Role, Sfu,
@@ -74,6 +75,12 @@ enum Command {
     TcpClosed {
         peer: SocketAddr,
     },
+    /// A media packet of a remote track, from the trunk.
+    TrunkRtp {
+        track: Arc<str>,
+        layer: Option<String>,
+        packet: bytes::Bytes,
+    },
     Stop,
 }
 
@@ -101,14 +108,6 @@ impl Router {
     }
 }
 
-/// Where the SFU sends datagrams for a session that reaches it through this node's TURN: the
-/// TURN worker holding the relay, and which relay.
-#[derive(Clone, Debug)]
-pub struct TurnBack {
-    pub tx: mpsc::UnboundedSender<super::worker::Control>,
-    pub relay: crate::turn::RelayId,
-}
-
 struct Shard {
     id: usize,
     sfu: Sfu,
@@ -121,6 +120,8 @@ struct Shard {
     /// Relay addresses of sessions that come through this node's TURN.
     via_turn: HashMap<SocketAddr, TurnBack>,
     counters: super::metrics::ShardCounters,
+    /// The trunk, once the node runs one.
+    trunk: Option<Arc<super::trunk::Link>>,
 }
 
 /// A running SFU: its shards and the address sessions reach it on.
@@ -212,6 +213,7 @@ impl SfuNode {
                 ufrags: HashMap::new(),
                 via_turn: HashMap::new(),
                 counters: Default::default(),
+                trunk: None,
             };
             let peers = senders.clone();
             let t = std::thread::Builder::new()
@@ -273,6 +275,19 @@ impl SfuHandle {
         role: Role,
         resume_from: Option<u64>,
     ) -> Result<Session, Gone> {
+        self.join_at(room, identity, role, resume_from, None).await
+    }
+
+    /// As [`SfuHandle::join`]; `edge_home` names the node a room served here over the trunk
+    /// is homed on (its messages are sequenced there), `None` for a room homed here.
+    pub async fn join_at(
+        &self,
+        room: &str,
+        identity: &str,
+        role: Role,
+        resume_from: Option<u64>,
+        edge_home: Option<String>,
+    ) -> Result<Session, Gone> {
         let shard = self.shard_for(room).clone();
         let (room, identity) = (room.to_string(), identity.to_string());
         let (ntx, nrx) = mpsc::unbounded_channel();
@@ -286,6 +301,7 @@ impl SfuHandle {
                 },
                 now,
             );
+            s.sfu.set_edge(&room, edge_home.as_deref());
             s.notices.insert(id, ntx);
             if let Some(u) = s.sfu.local_ufrag(id).map(str::to_string) {
                 if let Ok(mut m) = s.router.ufrags.write() {
@@ -327,6 +343,46 @@ impl SfuHandle {
                 destination,
                 contents,
                 back,
+            })
+            .is_ok()
+    }
+
+    /// Connects every shard to the trunk.
+    pub(super) async fn attach_trunk(&self, link: Arc<super::trunk::Link>) -> Result<(), Gone> {
+        for shard in self.shards.iter() {
+            let l = Arc::clone(&link);
+            call(shard, move |s, _| s.trunk = Some(l)).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the shard holding `room` (the trunk driver's access to the core).
+    pub(super) async fn on_room<R: Send + 'static>(
+        &self,
+        room: &str,
+        f: impl FnOnce(&mut Sfu, Instant) -> R + Send + 'static,
+    ) -> Result<R, Gone> {
+        call(self.shard_for(room), move |s, now| {
+            let r = f(&mut s.sfu, now);
+            s.flush_notices();
+            r
+        })
+        .await
+    }
+
+    /// Hands a remote track's packet to the shard holding `room` (never waits).
+    pub(super) fn trunk_rtp(
+        &self,
+        room: &str,
+        track: Arc<str>,
+        layer: Option<String>,
+        packet: bytes::Bytes,
+    ) -> bool {
+        self.shard_for(room)
+            .send(Command::TrunkRtp {
+                track,
+                layer,
+                packet,
             })
             .is_ok()
     }
@@ -388,6 +444,22 @@ impl Session {
     ) -> Result<(), SfuError> {
         self.on(move |sfu, id, now| sfu.subscribe(id, &track, &mid, prefs, now))
             .await
+    }
+
+    /// Subscribes to the first track of `kind` ("video" or "audio") that the participant
+    /// `identity` publishes in this session's room.
+    pub async fn subscribe_publisher(
+        &self,
+        identity: String,
+        kind: String,
+        mid: String,
+        prefs: LayerPrefs,
+    ) -> Result<(), SfuError> {
+        self.on(move |sfu, id, now| {
+            let track = sfu.track_of(id, &identity, &kind)?;
+            sfu.subscribe(id, &track, &mid, prefs, now)
+        })
+        .await
     }
 
     pub async fn unsubscribe(&self, track: String) -> Result<(), SfuError> {
@@ -570,6 +642,9 @@ async fn run_shard(
                     Some(Command::TcpClosed { peer }) => {
                         shard.tcp.remove(&peer);
                     }
+                    Some(Command::TrunkRtp { track, layer, packet }) => {
+                        shard.sfu.remote_rtp(&track, layer.as_deref(), &packet, now);
+                    }
                     Some(Command::Stop) | None => break,
                 }
             }
@@ -583,6 +658,7 @@ async fn run_shard(
             }
         }
         shard.send_out(&mut queue, fd);
+        shard.drain_trunk();
         if let Some(at) = input_at {
             let forwarded = shard.sfu.stats().forwarded - forwarded_before;
             if forwarded > 0 {
@@ -613,7 +689,7 @@ impl Shard {
                 continue;
             }
             if let Some(back) = self.via_turn.get(&t.destination) {
-                let _ = back.tx.send(super::worker::Control::FromSfu {
+                let _ = back.tx.send(super::handoff::Control::FromSfu {
                     relay: back.relay,
                     from: t.source,
                     data: t.contents.into(),
@@ -629,6 +705,23 @@ impl Shard {
         if !queue.is_empty() {
             // A full socket buffer drops (real-time media: late is lost anyway), counted.
             self.counters.send_dropped += queue.flush(fd) as u64;
+        }
+    }
+
+    /// What the SFU has for the trunk: packets of exported tracks go out at once, once per
+    /// subscribed node; the rest to the trunk driver.
+    fn drain_trunk(&mut self) {
+        let Some(link) = self.trunk.clone() else {
+            while self.sfu.poll_trunk().is_some() {}
+            return;
+        };
+        while let Some(o) = self.sfu.poll_trunk() {
+            match o {
+                crate::sfu::TrunkOutput::Packet { track, layer, rtp } => {
+                    link.send_packet(&track, layer, &rtp);
+                }
+                other => link.to_driver(other),
+            }
         }
     }
 

@@ -21,6 +21,7 @@ use rustc_hash::FxHashMap;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
+use super::handoff::Control;
 use super::metrics::WorkerMetrics;
 use super::mmsg::{RecvBatch, SendQueue, RECV_BATCH, SEND_BATCH};
 use super::poller::Poller;
@@ -49,20 +50,6 @@ pub struct RelayBinding {
     pub v6: Option<(IpAddr, IpAddr)>,
     pub port_min: u16,
     pub port_max: u16,
-}
-
-/// Messages from the node (and the SFU) to a worker.
-#[derive(Debug)]
-pub enum Control {
-    Drain,
-    Stop,
-    /// A datagram the in-process SFU sends to one of this worker's relay addresses, as if it
-    /// had arrived on the relay socket from `from`.
-    FromSfu {
-        relay: RelayId,
-        from: SocketAddr,
-        data: Vec<u8>,
-    },
 }
 
 /// The in-process SFU as a TURN worker sees it: datagrams a client relays to one of `addrs`
@@ -190,7 +177,13 @@ async fn run(setup: WorkerSetup) -> std::io::Result<()> {
     tokio::task::spawn_local(timer_loop(w.clone()));
     while let Some(c) = control.recv().await {
         match c {
-            Control::Drain => w.core.borrow_mut().set_draining(true),
+            Control::Drain(alternate) => {
+                let mut core = w.core.borrow_mut();
+                if let Some(a) = alternate {
+                    core.set_alternate(a);
+                }
+                core.set_draining(true);
+            }
             Control::Stop => break,
             Control::FromSfu { relay, from, data } => w.relay_from_sfu(relay, from, &data),
         }
@@ -375,7 +368,7 @@ impl Worker {
             if link.addrs.contains(&to.peer) {
                 // The in-process hand-off: the SFU sees the relay address as the source.
                 if let Some(src) = self.relay_addrs.borrow().get(&to.relay) {
-                    let back = super::sfu::TurnBack {
+                    let back = super::handoff::TurnBack {
                         tx: link.me.clone(),
                         relay: to.relay,
                     };

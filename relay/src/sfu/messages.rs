@@ -95,6 +95,30 @@ impl MessageLog {
     }
 
     /// The last sequence number handed out (0 before the first message).
+    /// Copies entry `seq` of the home's log (this log mirrors it, for a room served here over
+    /// the trunk). False for one already here (or older than what is here).
+    pub fn mirror(&mut self, seq: u64, from: Arc<str>, to: Audience, data: Arc<str>) -> bool {
+        if seq < self.next_seq {
+            return false;
+        }
+        self.next_seq = seq + 1;
+        self.entries.push_back(Entry {
+            seq,
+            from,
+            to,
+            data,
+        });
+        while self.entries.len() > self.cap {
+            self.entries.pop_front();
+        }
+        true
+    }
+
+    /// Every entry kept (oldest first).
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter()
+    }
+
     pub fn last_seq(&self) -> u64 {
         self.next_seq - 1
     }
@@ -155,6 +179,29 @@ mod tests {
             Appended::New(5)
         );
         assert_eq!(log.last_seq(), 5);
+    }
+
+    #[test]
+    fn a_mirror_follows_the_home_log() {
+        let mut home = MessageLog::new(4);
+        let d = who("device");
+        for i in 0..6u64 {
+            home.append(&d, Some(i), Audience::Players, format!("{i}").into());
+        }
+        // The edge starts watching late: it gets the home's tail, then what follows.
+        let mut edge = MessageLog::new(4);
+        for e in home.entries() {
+            assert!(edge.mirror(e.seq, e.from.clone(), e.to, e.data.clone()));
+        }
+        assert!(!edge.mirror(4, d.clone(), Audience::Players, "dup".into()));
+        assert_eq!(edge.last_seq(), 6);
+        let (list, gap) = edge.since(1, Audience::Players);
+        assert_eq!(
+            gap,
+            Some((2, 2)),
+            "what the home no longer has is a gap here too"
+        );
+        assert_eq!(list.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5, 6]);
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod keyframe;
 pub mod layer;
 pub mod messages;
 mod participant;
+mod remote;
 mod srtp;
 mod track;
 
@@ -47,6 +48,8 @@ use str0m::rtp::{RtpPacket, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Reason, Rtc, RtcError};
 
 pub use str0m::net::{Protocol, Transmit};
+
+pub use self::remote::{parse_rtp, ExportInfo, RemoteDevice, RemoteTrackSpec, TrunkOutput};
 
 use self::direct::{Cached, DirectSession, PacketCache, WallClock};
 use self::layer::LayerPrefs;
@@ -239,6 +242,8 @@ pub struct DeviceSummary {
     pub viewers: usize,
     pub bitrate_bps: u64,
     pub tracks: Vec<String>,
+    /// Other nodes receiving its tracks over the trunk.
+    pub remote_nodes: Vec<String>,
 }
 
 /// Counters the driver exports; all only increase.
@@ -283,6 +288,17 @@ pub struct SfuStats {
     /// Sessions ended by a WebRTC error (DTLS, a certificate not matching the SDP, …) and DTLS
     /// errors on input; their reasons through [`Sfu::poll_failure`].
     pub webrtc_failures: u64,
+    /// Media packets of remote tracks taken from the trunk.
+    pub trunk_packets_in: u64,
+    /// Trunk packets that were not RTP of the track's payload type.
+    pub trunk_bad_packets: u64,
+    /// Room messages sent to other nodes (to a room's home, from an edge).
+    pub trunk_messages_out: u64,
+    /// Room messages from other nodes that were malformed or for an unknown room.
+    pub trunk_bad_messages: u64,
+    /// Packets resent to the trunk for its NACKs, and those no longer cached.
+    pub trunk_resent: u64,
+    pub trunk_resend_misses: u64,
 }
 
 struct Outputs {
@@ -292,6 +308,8 @@ struct Outputs {
     notices: VecDeque<(ParticipantId, Notice)>,
     /// WebRTC failures for the driver's log (bounded; all are counted).
     failures: VecDeque<(ParticipantId, String)>,
+    /// For the trunk driver ([`Sfu::poll_trunk`]).
+    trunk: VecDeque<TrunkOutput>,
 }
 
 /// Failures waiting for the driver's log; more are counted, not kept.
@@ -322,6 +340,9 @@ pub struct JoinRequest<'a> {
 struct Room {
     members: Vec<ParticipantId>,
     log: MessageLog,
+    /// For a room homed on another node and served here over the trunk: that node. Its
+    /// messages are sequenced there; `log` mirrors the home's.
+    home: Option<Arc<str>>,
     /// When the last member left. The room (and its message log, for clients resuming after
     /// a reconnect) is kept for [`ROOM_LINGER`].
     empty_since: Option<Instant>,
@@ -367,6 +388,12 @@ pub struct Sfu {
     lost: Vec<(u32, u16)>,
     /// Datagram buffers the driver handed back ([`Sfu::recycle`]), for the own send path.
     spare: Vec<Vec<u8>>,
+    /// Subscriptions to remote tracks changed: their demand is recomputed on the next
+    /// [`Sfu::poll_trunk`].
+    demand_dirty: bool,
+    /// Rooms other nodes watch (they serve members of them): changes to their devices and
+    /// tracks go out as [`TrunkOutput::RoomChanged`].
+    watched: std::collections::HashSet<Arc<str>>,
 }
 
 impl Sfu {
@@ -395,6 +422,7 @@ impl Sfu {
                 timers: BinaryHeap::new(),
                 notices: VecDeque::new(),
                 failures: VecDeque::new(),
+                trunk: VecDeque::new(),
             },
             stats: SfuStats::default(),
             next_housekeeping: now + HOUSEKEEPING,
@@ -404,6 +432,8 @@ impl Sfu {
             clock: WallClock::new(now),
             lost: Vec::new(),
             spare: Vec::new(),
+            demand_dirty: false,
+            watched: Default::default(),
         })
     }
 
@@ -411,8 +441,12 @@ impl Sfu {
         &self.stats
     }
 
+    /// Sessions on this node (stand-ins of remote publishers are not sessions).
     pub fn session_count(&self) -> usize {
-        self.participants.len()
+        self.participants
+            .values()
+            .filter(|p| p.remote.is_none())
+            .count()
     }
 
     pub fn track_count(&self) -> usize {
@@ -424,7 +458,7 @@ impl Sfu {
         let publishers = self
             .participants
             .values()
-            .filter(|p| !p.published.is_empty())
+            .filter(|p| !p.published.is_empty() && p.remote.is_none())
             .count();
         let subs = self.participants.values().map(|p| p.subs.len()).sum();
         (publishers, subs)
@@ -514,6 +548,7 @@ impl Sfu {
             direct: None,
             path: None,
             retired: HashMap::new(),
+            remote: None,
         };
         self.by_ufrag.insert(creds.ufrag, id);
         let info = ParticipantInfo {
@@ -521,10 +556,19 @@ impl Sfu {
             identity: identity.to_string(),
             role: req.role,
         };
+        self.add_member(room, p, info);
+        self.stats.joins += 1;
+        self.drive(id, now);
+        id
+    }
+
+    /// Puts `p` in `room` (made if needed), telling the room's other members.
+    fn add_member(&mut self, room: Arc<str>, p: Participant, info: ParticipantInfo) {
         let log = self.cfg.message_log;
         let r = self.rooms.entry(room).or_insert_with(|| Room {
             members: Vec::new(),
             log: MessageLog::new(log),
+            home: None,
             empty_since: None,
         });
         r.empty_since = None;
@@ -533,11 +577,8 @@ impl Sfu {
                 .notices
                 .push_back((*other, Notice::ParticipantJoined(info.clone())));
         }
-        r.members.push(id);
-        self.participants.insert(id, p);
-        self.stats.joins += 1;
-        self.drive(id, now);
-        id
+        r.members.push(p.id);
+        self.participants.insert(p.id, p);
     }
 
     /// The room's other sessions and its published tracks, as a joining client first sees them.
@@ -671,6 +712,35 @@ impl Sfu {
 
     /// Receives `track` on the client's recvonly `mid` (which may be negotiated before or
     /// after this call). Calling again for the same track changes only the preferences.
+    /// The id of the first track (the oldest) of `kind` ("video" or "audio") that the
+    /// participant `identity` publishes in `id`'s room.
+    pub fn track_of(
+        &self,
+        id: ParticipantId,
+        identity: &str,
+        kind: &str,
+    ) -> Result<String, SfuError> {
+        let p = self
+            .participants
+            .get(&id)
+            .ok_or(SfuError::UnknownParticipant)?;
+        let want = match kind {
+            "audio" => MediaKind::Audio,
+            _ => MediaKind::Video,
+        };
+        self.tracks
+            .values()
+            .filter(|t| t.kind == want && t.owner != id)
+            .filter(|t| {
+                self.participants
+                    .get(&t.owner)
+                    .is_some_and(|o| o.room == p.room && &*o.identity == identity)
+            })
+            .min_by_key(|t| (t.created, t.id.clone()))
+            .map(|t| t.id.to_string())
+            .ok_or_else(|| SfuError::UnknownTrack(format!("{kind} of {identity}")))
+    }
+
     pub fn subscribe(
         &mut self,
         id: ParticipantId,
@@ -769,6 +839,7 @@ impl Sfu {
         if let Some(t) = self.tracks.get_mut(track) {
             t.subscribers.retain(|(s, m)| !(*s == id && *m == mid));
         }
+        self.demand_dirty = true;
         self.out.notices.push_back((
             id,
             Notice::Unsubscribed {
@@ -832,7 +903,10 @@ impl Sfu {
             return;
         };
         p.rtc.disconnect();
-        self.stats.leaves += 1;
+        if p.remote.is_none() {
+            self.stats.leaves += 1;
+        }
+        self.demand_dirty = true;
         self.by_ufrag.remove(&p.ufrag);
         self.departed_addrs.extend(p.addrs.iter().copied());
         for a in &p.addrs {
@@ -1013,7 +1087,8 @@ impl Sfu {
                 let Some(p) = self.participants.get(m) else {
                     continue;
                 };
-                if p.role != Role::Device {
+                // Remote devices are listed by their home node.
+                if p.role != Role::Device || p.remote.is_some() {
                     continue;
                 }
                 let tracks: Vec<&Track> = p
@@ -1041,6 +1116,15 @@ impl Sfu {
                     viewers: viewers.len(),
                     bitrate_bps: tracks.iter().map(|t| t.bitrate_bps()).sum(),
                     tracks: tracks.iter().map(|t| t.id.to_string()).collect(),
+                    remote_nodes: {
+                        let mut n: Vec<String> = tracks
+                            .iter()
+                            .flat_map(|t| t.exported_to.iter().cloned())
+                            .collect();
+                        n.sort();
+                        n.dedup();
+                        n
+                    },
                 });
             }
         }
@@ -1069,6 +1153,8 @@ impl Sfu {
     /// Drains one session's output (the single-mutation rule: after every mutation).
     fn drive(&mut self, id: ParticipantId, now: Instant) {
         let failed = match self.participants.get_mut(&id) {
+            // A remote publisher's stand-in has no WebRTC connection to drive.
+            Some(p) if p.remote.is_some() => return,
             Some(p) => match drain(p, &mut self.out, now) {
                 Ok(()) => !p.rtc.is_alive(),
                 Err(e) => {
@@ -1420,6 +1506,7 @@ impl Sfu {
             if let Some(t) = self.tracks.get_mut(&s.track) {
                 t.subscribers.retain(|(sp, m)| !(*sp == id && *m == mid));
             }
+            self.demand_dirty = true;
         }
     }
 
@@ -1447,6 +1534,7 @@ impl Sfu {
         };
         let sub = Subscription::new(track.clone(), prefs, p.retired.remove(&mid));
         p.subs.insert(mid, sub);
+        self.demand_dirty = true;
         self.out.notices.push_back((
             id,
             Notice::Subscribed {
@@ -1508,6 +1596,7 @@ impl Sfu {
         if s.target != target || s.current.is_none() {
             let changed = s.target != target;
             s.target = target;
+            self.demand_dirty |= changed;
             let track = s.track.clone();
             if changed && s.current.is_some() {
                 self.request_keyframe(&track, target, now);
@@ -1537,6 +1626,10 @@ impl Sfu {
         let Some(p) = self.participants.get_mut(&owner) else {
             return;
         };
+        if p.remote.is_some() {
+            self.remote_keyframes(owner, mid, &layers);
+            return;
+        }
         for rid in layers {
             if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, rid) {
                 rx.request_keyframe(KeyframeRequestKind::Pli);
@@ -1594,9 +1687,56 @@ impl Sfu {
                 },
             );
         }
+        let media = Media {
+            seq: *pkt.seq_no,
+            ts: pkt.header.timestamp,
+            marker: pkt.header.marker,
+            payload: pkt.payload,
+            arrival: pkt.timestamp,
+            ext: str0m::rtp::ExtensionValues {
+                audio_level: pkt.header.ext_vals.audio_level,
+                voice_activity: pkt.header.ext_vals.voice_activity,
+                video_orientation: pkt.header.ext_vals.video_orientation,
+                ..Default::default()
+            },
+        };
+        self.fan_out(track_id, rid, pub_params, media, now);
+    }
+
+    /// Forwards one packet of `track_id` (layer `rid`, encoded as `pub_params`) to every
+    /// subscriber of this node, and to the trunk when other nodes subscribed to it.
+    fn fan_out(
+        &mut self,
+        track_id: Arc<str>,
+        rid: Option<Rid>,
+        pub_params: Option<PayloadParams>,
+        pkt: Media,
+        now: Instant,
+    ) {
         let Some(t) = self.tracks.get_mut(&track_id) else {
             return;
         };
+        t.last_seq = t.last_seq.max(pkt.seq);
+        if t.exported && !t.muted && t.layers.len() <= 1 {
+            if let Some(pp) = &pub_params {
+                let pt = *pp.pt();
+                self.out.trunk.push_back(TrunkOutput::Packet {
+                    track: track_id.clone(),
+                    layer: rid.map(|r| r.to_string()),
+                    rtp: remote::rtp_packet(pt, pkt.marker, pkt.seq as u16, pkt.ts, &pkt.payload),
+                });
+                let capacity = self.cfg.rtx_cache_packets;
+                t.cache
+                    .get_or_insert_with(|| PacketCache::new(capacity))
+                    .insert(Cached {
+                        seq: pkt.seq,
+                        timestamp: pkt.ts,
+                        pt,
+                        marker: pkt.marker,
+                        payload: pkt.payload.clone(),
+                    });
+            }
+        }
         if t.muted || t.subscribers.is_empty() {
             return;
         }
@@ -1635,8 +1775,7 @@ impl Sfu {
                 }
                 let was = sub.current;
                 sub.current = Some(rid);
-                sub.rewrite
-                    .switch(*pkt.seq_no, pkt.header.timestamp, clock_rate, now);
+                sub.rewrite.switch(pkt.seq, pkt.ts, clock_rate, now);
                 if was.is_some() {
                     self.stats.layer_switches += 1;
                 }
@@ -1650,7 +1789,7 @@ impl Sfu {
                     ));
                 }
             }
-            let Some((seq, ts)) = sub.rewrite.map(*pkt.seq_no, pkt.header.timestamp, now) else {
+            let Some((seq, ts)) = sub.rewrite.map(pkt.seq, pkt.ts, now) else {
                 continue;
             };
             let pt = match sub.pt_map.iter().find(|(from, _)| *from == pub_params.pt()) {
@@ -1690,7 +1829,7 @@ impl Sfu {
                 let sealed = d.tx.protect_rtp(
                     &mut buf,
                     *pt,
-                    pkt.header.marker,
+                    pkt.marker,
                     seq,
                     ts,
                     o.ssrc,
@@ -1718,19 +1857,14 @@ impl Sfu {
                 continue;
             }
             sub.via_str0m = true;
-            let ext = str0m::rtp::ExtensionValues {
-                audio_level: pkt.header.ext_vals.audio_level,
-                voice_activity: pkt.header.ext_vals.voice_activity,
-                video_orientation: pkt.header.ext_vals.video_orientation,
-                ..Default::default()
-            };
+            let ext = pkt.ext.clone();
             let mut api = sp.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(smid, None) else {
                 continue;
             };
             tx.write_rtp(
-                RtpWrite::new(pt, SeqNo::from(seq), ts, pkt.timestamp, pkt.payload.clone())
-                    .marker(pkt.header.marker)
+                RtpWrite::new(pt, SeqNo::from(seq), ts, pkt.arrival, pkt.payload.clone())
+                    .marker(pkt.marker)
                     .ext_vals(ext)
                     .nackable(true),
             );
@@ -1750,10 +1884,10 @@ impl Sfu {
                 t.cache
                     .get_or_insert_with(|| PacketCache::new(capacity))
                     .insert(Cached {
-                        seq: *pkt.seq_no,
-                        timestamp: pkt.header.timestamp,
+                        seq: pkt.seq,
+                        timestamp: pkt.ts,
                         pt: *pub_params.pt(),
-                        marker: pkt.header.marker,
+                        marker: pkt.marker,
                         payload: pkt.payload,
                     });
             }
@@ -1823,35 +1957,102 @@ impl Sfu {
             }
         };
         let data_json: Arc<str> = Arc::from(env.data.get());
+        let home = self.rooms.get(&room).and_then(|r| r.home.clone());
         if role == ChannelRole::Input {
             // Unsequenced, unacknowledged: latest-wins input goes straight through.
             self.stats.input_messages += 1;
             let line = format!("{{\"from\":{},\"data\":{}}}", json_string(&from), data_json);
             self.deliver(&room, to, ChannelRole::Input, line.as_bytes(), now);
+            self.share_with_nodes(&room, home, None, None, &from, None, to, &data_json);
             return;
         }
-        let Some(r) = self.rooms.get_mut(&room) else {
+        if let Some(home) = home {
+            // Sequenced at the room's home; acknowledged when it answers (`trunk_ack`).
+            self.stats.trunk_messages_out += 1;
+            self.out.trunk.push_back(TrunkOutput::RoomMessage {
+                home,
+                room: room.clone(),
+                from: from.to_string(),
+                origin: Some(id.0),
+                id: env.id,
+                to,
+                data: data_json.to_string(),
+            });
             return;
-        };
-        let appended = r.log.append(&from, env.id, to, data_json.clone());
-        let seq = match appended {
-            Appended::New(seq) => {
-                self.stats.room_messages += 1;
-                let line = format!(
-                    "{{\"seq\":{seq},\"from\":{},\"data\":{}}}",
-                    json_string(&from),
-                    data_json
-                );
-                self.deliver(&room, to, ChannelRole::Controls, line.as_bytes(), now);
-                seq
-            }
-            Appended::Duplicate(seq) => seq,
+        }
+        let Some(seq) = self.sequence(&room, &from, env.id, to, &data_json, now) else {
+            return;
         };
         let ack = match env.id {
             Some(cid_) => format!("{{\"ack\":{cid_},\"seq\":{seq}}}"),
             None => format!("{{\"ack\":null,\"seq\":{seq}}}"),
         };
         self.write_channel(id, cid, ack.as_bytes(), now);
+    }
+
+    /// Appends a controls message to `room`'s log (its home is here) and delivers it to this
+    /// node's members and the nodes watching the room. The sequence number, also for a
+    /// duplicate (which is not delivered again).
+    fn sequence(
+        &mut self,
+        room: &Arc<str>,
+        from: &Arc<str>,
+        client_id: Option<u64>,
+        to: Audience,
+        data: &Arc<str>,
+        now: Instant,
+    ) -> Option<u64> {
+        let r = self.rooms.get_mut(room)?;
+        match r.log.append(from, client_id, to, data.clone()) {
+            Appended::New(seq) => {
+                self.stats.room_messages += 1;
+                let line = format!(
+                    "{{\"seq\":{seq},\"from\":{},\"data\":{}}}",
+                    json_string(from),
+                    data
+                );
+                self.deliver(room, to, ChannelRole::Controls, line.as_bytes(), now);
+                self.share_with_nodes(room, None, Some(seq), None, from, client_id, to, data);
+                Some(seq)
+            }
+            Appended::Duplicate(seq) => Some(seq),
+        }
+    }
+
+    /// A message that other nodes' members of `room` must see: to the home for an edge room
+    /// (`home`), else to the nodes watching it.
+    #[allow(clippy::too_many_arguments)]
+    fn share_with_nodes(
+        &mut self,
+        room: &Arc<str>,
+        home: Option<Arc<str>>,
+        seq: Option<u64>,
+        origin: Option<u64>,
+        from: &Arc<str>,
+        id: Option<u64>,
+        to: Audience,
+        data: &Arc<str>,
+    ) {
+        if let Some(home) = home {
+            self.stats.trunk_messages_out += 1;
+            self.out.trunk.push_back(TrunkOutput::RoomMessage {
+                home,
+                room: room.clone(),
+                from: from.to_string(),
+                origin,
+                id,
+                to,
+                data: data.to_string(),
+            });
+        } else if self.watched.contains(room) {
+            self.out.trunk.push_back(TrunkOutput::RoomDelivered {
+                room: room.clone(),
+                seq,
+                from: from.to_string(),
+                to,
+                data: data.to_string(),
+            });
+        }
     }
 
     /// Writes `line` to every member of `room` in `audience`, on its channel of `prefer` (falling
@@ -1989,6 +2190,17 @@ impl Sfu {
     }
 
     fn notify_room(&mut self, room: &str, except: Option<ParticipantId>, notice: Notice) {
+        if self.watched.contains(room)
+            && matches!(
+                notice,
+                Notice::TrackPublished(_)
+                    | Notice::TrackUnpublished { .. }
+                    | Notice::ParticipantJoined(_)
+                    | Notice::ParticipantLeft { .. }
+            )
+        {
+            self.room_changed(room);
+        }
         if let Some(r) = self.rooms.get(room) {
             for m in &r.members {
                 if Some(*m) != except {
@@ -2142,6 +2354,17 @@ fn is_bwe_or_pacing(r: Reason) -> bool {
             | Reason::BweProbeEstimator
             | Reason::Pacer(_)
     )
+}
+
+/// One media packet on its way to subscribers, from a local publisher or the trunk.
+struct Media {
+    /// Extended sequence number, as the publisher numbered it.
+    seq: u64,
+    ts: u32,
+    marker: bool,
+    payload: Arc<[u8]>,
+    arrival: Instant,
+    ext: str0m::rtp::ExtensionValues,
 }
 
 #[derive(serde::Deserialize)]

@@ -75,6 +75,9 @@ pub struct Participant {
     /// later subscription on the same mid (same SSRCs) continues from there, since reusing
     /// an SRTP index would be taken for a replay, and would reuse a keystream.
     pub retired: HashMap<Mid, (u64, u64)>,
+    /// For the stand-in of a publisher homed on another node (its tracks arrive over the
+    /// trunk): that node's id. Such a participant has no WebRTC connection of its own.
+    pub remote: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -13,6 +13,9 @@ use str0m::{Candidate, Event, Input, Output, Rtc};
 use super::layer::LayerPrefs;
 use super::*;
 
+#[path = "tests_remote.rs"]
+mod remote;
+
 const SERVER: &str = "10.0.0.1:7882";
 
 struct Client {
@@ -372,6 +375,29 @@ impl Net {
     }
 }
 
+/// Client `c` writes `text` on its controls channel.
+fn write(net: &mut Net, c: usize, text: &str) {
+    let ch = net.clients[c].controls.unwrap();
+    net.clients[c]
+        .rtc
+        .channel(ch)
+        .unwrap()
+        .write(false, text.as_bytes())
+        .unwrap();
+}
+
+/// What client `c` received on its data channels, as text.
+fn texts(net: &Net, c: usize) -> Vec<String> {
+    net.clients[c]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ChannelData(d) => Some(String::from_utf8_lossy(&d.data).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn drain_client(c: &mut Client, out: &mut Vec<str0m::net::Transmit>) {
     loop {
         match c.rtc.poll_output().unwrap() {
@@ -525,25 +551,6 @@ fn controls_are_sequenced_acknowledged_and_deduplicated() {
             && n.clients[p].controls.is_some())
     );
 
-    let write = |net: &mut Net, c: usize, text: &str| {
-        let ch = net.clients[c].controls.unwrap();
-        net.clients[c]
-            .rtc
-            .channel(ch)
-            .unwrap()
-            .write(false, text.as_bytes())
-            .unwrap();
-    };
-    let texts = |net: &Net, c: usize| -> Vec<String> {
-        net.clients[c]
-            .events
-            .iter()
-            .filter_map(|e| match e {
-                Event::ChannelData(d) => Some(String::from_utf8_lossy(&d.data).into_owned()),
-                _ => None,
-            })
-            .collect()
-    };
     write(&mut net, p, r#"{"id":1,"data":{"key":"up"}}"#);
     write(&mut net, p, r#"{"id":2,"data":{"key":"left"}}"#);
     // A resend of id 1 (as after a reconnect): acknowledged again, not delivered again.
@@ -894,6 +901,32 @@ fn subscribe_rules() {
     assert!(net.sfu.unsubscribe(pid, &track).is_ok());
     assert_eq!(
         net.sfu.unsubscribe(pid, &track).unwrap_err().code(),
+        "unknown_track"
+    );
+}
+
+#[test]
+fn a_track_is_found_by_its_publishers_identity() {
+    let mut net = Net::new();
+    let (d, _mid, track) = device(&mut net);
+    let who = "rig-1";
+    let (p, _) = net.join(Role::Player, "bob", |api| {
+        vec![api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None)]
+    });
+    let pid = net.clients[p].id;
+    assert_eq!(net.sfu.track_of(pid, who, "video").unwrap(), track);
+    // No audio track, nobody of that name, and not one's own.
+    assert_eq!(
+        net.sfu.track_of(pid, who, "audio").unwrap_err().code(),
+        "unknown_track"
+    );
+    assert_eq!(
+        net.sfu.track_of(pid, "nobody", "video").unwrap_err().code(),
+        "unknown_track"
+    );
+    let did = net.clients[d].id;
+    assert_eq!(
+        net.sfu.track_of(did, who, "video").unwrap_err().code(),
         "unknown_track"
     );
 }

@@ -60,6 +60,15 @@ pub struct Track {
     pub bytes: u64,
     /// Recent packets for subscribers' NACKs, once a direct-path subscriber takes the track.
     pub cache: Option<PacketCache>,
+    /// For a track homed on another node: where it comes from and how it is encoded.
+    pub remote: Option<super::remote::RemoteTrack>,
+    /// Other nodes subscribed to this track over the trunk: its packets go out as
+    /// [`super::TrunkOutput::Packet`] too.
+    pub exported: bool,
+    /// The nodes subscribed to it over the trunk (for the room list).
+    pub exported_to: Vec<String>,
+    /// The highest (extended) sequence number forwarded.
+    pub last_seq: u64,
 }
 
 impl Track {
@@ -93,6 +102,10 @@ impl Track {
             packets: 0,
             bytes: 0,
             cache: None,
+            remote: None,
+            exported: false,
+            exported_to: Vec::new(),
+            last_seq: 0,
         }
     }
 

@@ -178,6 +178,12 @@ impl Server {
         self.next_sweep
     }
 
+    /// Where new clients are sent (300 Try Alternate) while draining, instead of the
+    /// configured `alternate_server`.
+    pub fn set_alternate(&mut self, alternate: SocketAddr) {
+        self.cfg.alternate_server = Some(alternate);
+    }
+
     /// Stops taking new allocations (300 Try Alternate or 508) while existing ones carry on.
     pub fn set_draining(&mut self, draining: bool) {
         self.draining = draining;

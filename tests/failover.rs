@@ -1,0 +1,336 @@
+//! Failover with `meridian serve` processes on loopback, a real `redis-server` and the trunk:
+//! the device simulator publishes on node A; a re-homing str0m player (meridian-bench's)
+//! watches it from node B, its nearest, while sending controls. SIGKILL of B: the player
+//! notices, joins C (its next region), resumes and receives A's video again over C's trunk,
+//! and every control it had sent — acknowledged or not — reaches the device exactly once,
+//! in order. Then Redis stops for longer than the death timeout: media and controls keep
+//! flowing. A draining node answers new TURN clients with 300 Try Alternate naming the other
+//! node's TURN server and new joins with a redirect to the other node, and exits 0 as soon as
+//! its last session is gone.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{device_controls, pki, spawn_device, start_trunk_node, token};
+use common::TempDir;
+use meridian_bench::client::player::{self, PlayerOptions, PlayerReport};
+use meridian_geo::rehome::Known;
+use meridian_geo::testing::RedisServer;
+use meridian_signaling::token::Role;
+
+/// The controls the player may send: more than the test takes (it stops the player).
+const CONTROLS: u64 = 20_000;
+
+/// Waits (at most 30 s) until the device has `n` controls from `who`; returns how many, or
+/// `None` when it did not happen.
+async fn device_has(out: &std::path::Path, who: &str, n: usize) -> Option<usize> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = device_controls(out).get(who).map_or(0, Vec::len);
+        if got >= n {
+            return Some(got);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn describe(r: &PlayerReport) -> String {
+    format!(
+        "legs {:?}, gaps {:?}, sent {}, acked {}, failed joins {} {:?}",
+        r.legs
+            .iter()
+            .map(|l| (
+                &l.node,
+                l.frames,
+                l.datagrams,
+                l.keyframe_requests,
+                &l.ended
+            ))
+            .collect::<Vec<_>>(),
+        r.gaps,
+        r.sent,
+        r.acks.len(),
+        r.failed_joins,
+        r.join_errors
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_whose_node_is_killed_resumes_on_its_next_region() {
+    let mut redis = RedisServer::start();
+    let dir = TempDir::new("failover");
+    let ca = pki(&dir.path().join("pki"), &["node-a", "node-b", "node-c"]);
+    let ca = ca.parent().unwrap();
+    let a = start_trunk_node(&redis, ca, "node-a", "eu", "");
+    let mut b = start_trunk_node(&redis, ca, "node-b", "us", "");
+    let c = start_trunk_node(&redis, ca, "node-c", "asia", "");
+    let (ha, hb, hc) = (
+        a.ready.http.unwrap(),
+        b.ready.http.unwrap(),
+        c.ready.http.unwrap(),
+    );
+    let out = dir.path().join("device.out");
+    let _device = spawn_device(ha, "den", "rig", 120, &out);
+    // Every node lists the device before the player comes.
+    for h in [hb, hc] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, body) = common::http_get_async(h, "/v1/rooms").await.unwrap();
+            if body.contains("\"rig\"") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{h} never listed the device: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The player measured us 10 ms, asia 20 ms, eu 30 ms.
+    let known = |node: &str, region: &str, http, rtt| Known {
+        node: node.into(),
+        region: region.into(),
+        signaling: format!("http://{http}"),
+        rtt_ms: Some(rtt),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let opts = PlayerOptions {
+        entry: format!("http://{hb}"),
+        token: token("pat", "den", Role::Player),
+        watch: "rig".into(),
+        known: vec![
+            known("node-a", "eu", ha, 30.0),
+            known("node-b", "us", hb, 10.0),
+            known("node-c", "asia", hc, 20.0),
+        ],
+        controls: CONTROLS,
+        control_every: Duration::from_millis(10),
+        silence: Duration::from_secs(2),
+        run_for: Duration::from_secs(90),
+        stop: Some(stopped),
+        done_after_frames: 0,
+        local: None,
+        progress: None,
+    };
+    let play = tokio::spawn(player::run(opts));
+
+    // Once the device has 100 of the player's controls, B dies.
+    // A wait that fails stops the player and shows what it saw.
+    macro_rules! reached {
+        ($n:expr, $what:expr) => {{
+            let n = $n;
+            match device_has(&out, "pat", n).await {
+                Some(g) => g,
+                None => {
+                    let _ = stop.send(true);
+                    let r = play.await.expect("player task");
+                    panic!(
+                        "{}: the device never got {n} controls from pat; {}",
+                        $what,
+                        describe(&r)
+                    );
+                }
+            }
+        }};
+    }
+    reached!(100, "before the kill");
+    b.signal(libc::SIGKILL);
+    assert!(
+        b.wait_timeout(Duration::from_secs(5)).is_some(),
+        "node-b did not die"
+    );
+    // The player re-homes and its controls flow again.
+    let n = device_controls(&out).get("pat").map_or(0, Vec::len);
+    reached!(n + 100, "after the re-home");
+
+    // The directory goes away for longer than the death timeout (800 ms): the controls keep
+    // coming over C's trunk, and the media with them (a silence over 2 s would make the
+    // player re-home again).
+    redis.stop();
+    let redis_stopped = Instant::now();
+    let n = device_controls(&out).get("pat").map_or(0, Vec::len);
+    reached!(n + 200, "with Redis down");
+    assert!(
+        redis_stopped.elapsed() > Duration::from_millis(1500),
+        "200 controls at 10 ms each"
+    );
+    let _ = stop.send(true);
+
+    let report = play.await.expect("player task");
+    let nodes: Vec<&str> = report.legs.iter().map(|l| l.node.as_str()).collect();
+    eprintln!("{}", describe(&report));
+    assert_eq!(
+        nodes,
+        ["node-b", "node-c"],
+        "started on its nearest node, re-homed once on its next region"
+    );
+    assert_eq!(
+        report.gaps.len(),
+        1,
+        "one re-home with media before and after"
+    );
+    assert_eq!(report.unrecovered, 0);
+    let last = report.legs.last().unwrap();
+    assert!(
+        last.last_frame
+            .is_some_and(|t| t > redis_stopped + Duration::from_secs(1)),
+        "media on node-c after Redis stopped"
+    );
+    assert_eq!(report.conflicting_acks, 0, "no control applied twice");
+    // Acknowledged: a prefix of what was sent (the last few may be in flight at the stop),
+    // with sequence numbers increasing with the ids.
+    let acked: Vec<u64> = report.acks.keys().copied().collect();
+    assert!(report.sent >= 400, "{} controls sent", report.sent);
+    assert_eq!(
+        acked,
+        (1..=acked.len() as u64).collect::<Vec<_>>(),
+        "acknowledged ids"
+    );
+    assert!(
+        acked.len() as u64 + 20 >= report.sent,
+        "{} of {} acknowledged",
+        acked.len(),
+        report.sent
+    );
+    let seqs: Vec<u64> = report.acks.values().copied().collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] > w[0]),
+        "sequence numbers increase with the ids"
+    );
+    // The device got each control once, in order, across the re-home: every acknowledged one
+    // and nothing that was not sent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got = device_controls(&out).remove("pat").unwrap_or_default();
+        if got.len() >= acked.len() || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        got,
+        (1..=got.len() as u64).collect::<Vec<_>>(),
+        "the device's controls from pat: each once, in order"
+    );
+    assert!(got.len() >= acked.len() && got.len() as u64 <= report.sent);
+    drop(a);
+    drop(c);
+}
+
+/// A bare TURN Allocate (no credentials: a draining node answers before authenticating);
+/// returns the error code and the ALTERNATE-SERVER of the answer.
+fn allocate(turn: std::net::SocketAddr) -> (u16, Option<std::net::SocketAddr>) {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut req = vec![0x00, 0x03, 0x00, 0x08, 0x21, 0x12, 0xa4, 0x42];
+    req.extend_from_slice(&[7u8; 12]);
+    req.extend_from_slice(&[0x00, 0x19, 0x00, 0x04, 17, 0, 0, 0]);
+    sock.send_to(&req, turn).unwrap();
+    let mut buf = [0u8; 1500];
+    let n = sock.recv(&mut buf).expect("an answer to Allocate");
+    let (mut code, mut alt) = (0u16, None);
+    let mut i = 20;
+    while i + 4 <= n {
+        let t = u16::from_be_bytes([buf[i], buf[i + 1]]);
+        let len = u16::from_be_bytes([buf[i + 2], buf[i + 3]]) as usize;
+        let v = &buf[i + 4..(i + 4 + len).min(n)];
+        match t {
+            0x0009 if v.len() >= 4 => code = v[2] as u16 * 100 + v[3] as u16,
+            0x8023 if v.len() >= 8 && v[1] == 1 => {
+                let port = u16::from_be_bytes([v[2], v[3]]);
+                alt = Some(std::net::SocketAddr::from(([v[4], v[5], v[6], v[7]], port)));
+            }
+            _ => {}
+        }
+        i += 4 + len.div_ceil(4) * 4;
+    }
+    (code, alt)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_sends_turn_clients_on_and_exits_when_its_sessions_are_gone() {
+    let redis = RedisServer::start();
+    let start = |id: &str, region: &str| {
+        common::Node::start_meridian(&common::NodeOptions {
+            extra_toml: format!(
+                "[cluster]\nnode_id = \"{id}\"\nregion = \"{region}\"\ndirectory = \"{}\"\nkey_prefix = \"dr\"\n",
+                redis.url()
+            ),
+            drain_secs: 20,
+            ..common::NodeOptions::default()
+        })
+    };
+    let mut a = start("node-a", "eu");
+    let b = start("node-b", "us");
+    let ha = a.ready.http.unwrap();
+    // A sees B (its alternate) before the drain.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = common::http_get_async(ha, "/v1/regions").await.unwrap();
+        if body.contains("\"us\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never listed B: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        allocate(a.turn_udp()).0,
+        401,
+        "before the drain: asks for credentials"
+    );
+    // A player session on A holds the drain open.
+    let (ws, joined) = common::WsClient::join(ha, &token("pat", "den", Role::Player)).await;
+    assert_eq!(joined["node"], "node-a");
+    a.signal(libc::SIGTERM);
+    // New TURN clients are sent to B's TURN server.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (code, alt) = loop {
+        let r = allocate(a.turn_udp());
+        if r.0 != 401 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(code, 300, "draining: Try Alternate");
+    assert_eq!(alt, Some(b.turn_udp()), "the alternate is B's TURN server");
+    // New joins: a room not homed here is redirected to where the drain sends its sessions;
+    // the room homed here (no trunk to serve it elsewhere) is refused with 1001.
+    let mut c = common::WsClient::signaling(ha);
+    c.send_json(&serde_json::json!({"type": "join", "token": token("sam", "elsewhere", Role::Player), "v": 1, "req": 1}));
+    let r = c.next_json(Duration::from_secs(5)).await;
+    assert_eq!(
+        (r["type"].as_str(), r["reason"].as_str(), r["node"].as_str()),
+        (Some("redirect"), Some("draining"), Some("node-b")),
+        "{r}"
+    );
+    let mut c = common::WsClient::signaling(ha);
+    c.send_json(&serde_json::json!({"type": "join", "token": token("sam", "den", Role::Player), "v": 1, "req": 1}));
+    assert_eq!(
+        c.expect_close(Duration::from_secs(5)).await.map(|c| c.0),
+        Some(1001)
+    );
+    // A waits for its session (its drain deadline is 20 s) …
+    let held = Instant::now();
+    assert!(
+        a.wait_timeout(Duration::from_millis(1500)).is_none(),
+        "A exited with a session left"
+    );
+    // … and exits 0 once it is gone, long before the deadline.
+    drop(ws);
+    let status = a
+        .wait_timeout(Duration::from_secs(8))
+        .expect("A exits once its session left");
+    assert!(
+        status.success(),
+        "A's exit status after the drain: {status}"
+    );
+    assert!(
+        held.elapsed() < Duration::from_secs(15),
+        "A waited for the deadline"
+    );
+    drop(b);
+}
