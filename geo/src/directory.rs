@@ -670,7 +670,10 @@ impl Directory {
                 view.remove(node);
                 view.apply(u, heard);
             }
-            Ok(None) => self.view_mut().remove(node),
+            // Nothing stored: either the node died (its entries expired, so its silence is
+            // already close to the death timeout) or the directory restarted empty. Either
+            // way the sweep judges it by its silence, and counts it if it is a death.
+            Ok(None) => {}
             Err(e) => self.set_status(Err(&e)),
         }
     }
@@ -678,14 +681,10 @@ impl Directory {
     async fn resync_all(&self) {
         match bounded(self.settings.death_timeout * 2, self.backend.load_all()).await {
             Ok(list) => {
+                // Known nodes missing from the store are left to the sweep (see `resync`):
+                // removing them here would hide a death from the count, or drop a live node
+                // from the view while an emptied directory is being refilled.
                 let mut view = self.view_mut();
-                let stored: Vec<String> = list.iter().map(|u| u.info.id.clone()).collect();
-                let known: Vec<String> = view.nodes().map(|n| n.id.clone()).collect();
-                for id in known {
-                    if id != self.me && !stored.contains(&id) {
-                        view.remove(&id);
-                    }
-                }
                 for u in list {
                     if u.info.id == self.me {
                         continue;
