@@ -499,3 +499,109 @@ async fn a_draining_node_moves_its_device_and_players_make_before_break() {
     drop(b);
     drop(c);
 }
+
+/// SIGKILL of the device's node: the device simulator republishes on the next node it knows,
+/// that node becomes the room's home once the death is seen, and the player, which watched
+/// over the trunk from its own node, receives the device again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_whose_node_is_killed_republishes_and_is_watched_again() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("device-kill");
+    let ca = pki(&dir.path().join("pki"), &["node-a", "node-b", "node-c"]);
+    let ca = ca.parent().unwrap();
+    let mut a = start_trunk_node(&redis, ca, "node-a", "eu", "");
+    let b = start_trunk_node(&redis, ca, "node-b", "us", "");
+    let c = start_trunk_node(&redis, ca, "node-c", "asia", "");
+    let (ha, hb, hc) = (
+        a.ready.http.unwrap(),
+        b.ready.http.unwrap(),
+        c.ready.http.unwrap(),
+    );
+    // Every node is listed before the device starts: it learns them all from A.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = common::http_get_async(ha, "/v1/regions").await.unwrap();
+        if ["\"eu\"", "\"us\"", "\"asia\""]
+            .iter()
+            .all(|r| body.contains(r))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A never listed 3 regions: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = dir.path().join("device.out");
+    let _device = spawn_device(ha, "den", "rig", 120, &out);
+    for h in [hb, hc] {
+        listed(h, "rig", "").await;
+    }
+    let known = |node: &str, region: &str, http, rtt| Known {
+        node: node.into(),
+        region: region.into(),
+        signaling: format!("http://{http}"),
+        rtt_ms: Some(rtt),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let opts = PlayerOptions {
+        entry: format!("http://{hb}"),
+        token: token("pat", "den", Role::Player),
+        watch: "rig".into(),
+        known: vec![
+            known("node-a", "eu", ha, 30.0),
+            known("node-b", "us", hb, 10.0),
+            known("node-c", "asia", hc, 20.0),
+        ],
+        controls: CONTROLS,
+        control_every: Duration::from_millis(10),
+        silence: Duration::from_secs(2),
+        run_for: Duration::from_secs(90),
+        stop: Some(stopped),
+        done_after_frames: 0,
+        local: None,
+        progress: None,
+    };
+    let progress = std::sync::Arc::new(player::Progress::default());
+    let play = tokio::spawn(player::run(PlayerOptions {
+        progress: Some(progress.clone()),
+        ..opts
+    }));
+    let frames = |p: &player::Progress| p.frames.load(std::sync::atomic::Ordering::Relaxed);
+    let wait_frames = async |n: u64, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while frames(&progress) < n {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} frames, not {n}",
+                frames(&progress)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    wait_frames(60, "before the kill").await;
+    a.signal(libc::SIGKILL);
+    assert!(
+        a.wait_timeout(Duration::from_secs(5)).is_some(),
+        "node-a did not die"
+    );
+    let killed = Instant::now();
+    // The device is published from another region, and the player gets its frames again.
+    let rooms = listed(hb, "rig", "eu").await;
+    eprintln!("after the kill ({:?}): {rooms}", killed.elapsed());
+    let n = frames(&progress);
+    wait_frames(n + 60, "after the device re-homed").await;
+    let _ = stop.send(true);
+    let report = play.await.expect("player task");
+    eprintln!("{}", describe(&report));
+    let last = report.legs.last().unwrap();
+    assert!(
+        last.last_frame.is_some_and(|t| t > killed),
+        "media after the kill: {}",
+        describe(&report)
+    );
+    assert_eq!(report.unrecovered, 0, "{}", describe(&report));
+    drop(b);
+    drop(c);
+}
