@@ -127,6 +127,9 @@ async fn run(movers: Arc<Movers>, dir: Arc<Directory>, deadline: Duration) {
     let wait_home = HANDOVER_WAIT.min(deadline / 3);
     let me = dir.me().to_string();
     dir.start_draining().await;
+    // The flag reaches the other nodes over the directory's pub/sub: give it a moment before
+    // the first session arrives there (clients also retry a move that was sent back).
+    tokio::time::sleep(TICK).await;
     let mut told: HashSet<u64> = HashSet::new();
     let total = movers.len();
     tracing::info!(

@@ -365,7 +365,7 @@ async fn run_async(args: DeviceArgs) -> anyhow::Result<()> {
                                         v["deadline_ms"].as_u64().map(Duration::from_millis);
                                     let (token, ranking) = (token.clone(), ranking.clone());
                                     joining = Some(tokio::spawn(async move {
-                                        Conn::join(&to, &token, &ranking).await.map(Box::new)
+                                        join_retrying(&to, &token, &ranking).await.map(Box::new)
                                     }));
                                 }
                             }
@@ -463,6 +463,24 @@ async fn rehome(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A move's join, tried again a few times: the target may not yet have seen that the old node
+/// drains (it then sends the device back there, which refuses it).
+async fn join_retrying(
+    base: &str,
+    token: &str,
+    ranking: &serde_json::Value,
+) -> anyhow::Result<Conn> {
+    let mut last = None;
+    for _ in 0..10 {
+        match Conn::join(base, token, ranking).await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no attempt")))
 }
 
 /// One publishing connection: signaling, the media session and its socket.

@@ -581,10 +581,17 @@ fn keyframe_if_stalled(w: &mut Wired, now: Instant, last_pli: &mut Option<Instan
 /// The next leg of a move, joined and connected beside the current one until its first
 /// frame. Room messages it gets meanwhile are kept for when it takes over.
 async fn warm_up(opts: PlayerOptions, base: String, join: Value) -> anyhow::Result<Wired> {
-    let n = match negotiate(&opts, &base, join).await {
-        Ok(n) => n,
-        Err(JoinFailure::NoTrack(why)) => bail!("{why}"),
-        Err(JoinFailure::Node(e)) => return Err(e),
+    // Tried again a few times: the target may not yet have seen the drain (it then sends the
+    // player back), or the room's device not yet arrived there.
+    let mut attempt = 0;
+    let n = loop {
+        attempt += 1;
+        match negotiate(&opts, &base, join.clone()).await {
+            Ok(n) => break n,
+            Err(_) if attempt < 10 => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(JoinFailure::NoTrack(why)) => bail!("{why}"),
+            Err(JoinFailure::Node(e)) => return Err(e),
+        }
     };
     let mut w = wire(n, &opts)?;
     let by = Instant::now() + Duration::from_secs(10);
