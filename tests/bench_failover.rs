@@ -27,7 +27,7 @@ fn failover_drills_recover_every_session_and_lose_no_control() {
     );
     let r: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
     let drills = r["drills"].as_array().expect("drills");
-    assert_eq!(drills.len(), 2, "{r}");
+    assert_eq!(drills.len(), 3, "{r}");
     for d in drills {
         assert!(d["acked"].as_u64().unwrap() > 0, "{d}");
         assert_eq!(d["acked_lost"], 0, "an acknowledged control was lost: {d}");
@@ -58,7 +58,21 @@ fn failover_drills_recover_every_session_and_lose_no_control() {
         .collect();
     assert_eq!(gaps.len(), 4, "{kill}");
     assert!(gaps.iter().all(|g| *g > 0.0), "{gaps:?}");
-    let directory = &drills[1];
+    let drain = &drills[1];
+    assert_eq!(drain["drill"], "drain");
+    assert_eq!(drain["affected"], 4, "{drain}");
+    assert_eq!(
+        drain["recovered"], 4,
+        "every player on the drained node moved make-before-break: {drain}"
+    );
+    let gaps = drain["reps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["gaps_ms"].as_array().unwrap().len())
+        .sum::<usize>();
+    assert_eq!(gaps, 4, "one gap per moved player: {drain}");
+    let directory = &drills[2];
     assert_eq!(directory["drill"], "directory");
     assert_eq!(
         directory["rehomed"], 0,
@@ -67,7 +81,10 @@ fn failover_drills_recover_every_session_and_lose_no_control() {
     assert_eq!(directory["recovered"], 8, "{directory}");
     let svg = std::fs::read_to_string(&plot).expect("the plot");
     assert!(
-        svg.starts_with("<svg") && svg.contains("kill (n=4") && svg.contains("directory (n=8"),
+        svg.starts_with("<svg")
+            && svg.contains("kill (n=4")
+            && svg.contains("drain (n=4")
+            && svg.contains("directory (n=8"),
         "{svg}"
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -79,7 +96,7 @@ fn failover_drills_recover_every_session_and_lose_no_control() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
-        err.contains("unknown drill \"meteor\"") && err.contains("kill, directory"),
+        err.contains("unknown drill \"meteor\"") && err.contains("kill, drain, directory"),
         "{err}"
     );
 }

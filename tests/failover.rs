@@ -12,7 +12,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{device_controls, pki, spawn_device, start_trunk_node, token};
+use common::cluster::{
+    device_controls, pki, spawn_device, start_trunk_node, start_trunk_node_draining, token,
+};
 use common::TempDir;
 use meridian_bench::client::player::{self, PlayerOptions, PlayerReport};
 use meridian_geo::rehome::Known;
@@ -333,4 +335,273 @@ async fn a_draining_node_sends_turn_clients_on_and_exits_when_its_sessions_are_g
         "A waited for the deadline"
     );
     drop(b);
+}
+
+/// Waits (at most 20 s) until `http` lists `device` in `GET /v1/rooms` with a region other
+/// than `not_region`; returns the listing.
+async fn listed(http: std::net::SocketAddr, device: &str, not_region: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = common::http_get_async(http, "/v1/rooms").await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let found = v["devices"].as_array().into_iter().flatten().any(|d| {
+            d["device"] == device && d["region"].as_str().is_some_and(|r| r != not_region)
+        });
+        if found {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{http} never listed {device} outside {not_region:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGTERM of the node that both the device and a player are on: the node tells the device
+/// to move first (it publishes on its next node, which takes the room's home along), then the
+/// player, which joins its next node beside its current connection and switches once media
+/// flows there (make-before-break). Controls keep reaching the device, and the node exits 0
+/// as soon as both have left, long before its 20 s deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_moves_its_device_and_players_make_before_break() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("drain-move");
+    let ca = pki(&dir.path().join("pki"), &["node-a", "node-b", "node-c"]);
+    let ca = ca.parent().unwrap();
+    let mut a = start_trunk_node_draining(&redis, ca, "node-a", "eu", "", 20);
+    let b = start_trunk_node(&redis, ca, "node-b", "us", "");
+    let c = start_trunk_node(&redis, ca, "node-c", "asia", "");
+    let (ha, hb, hc) = (
+        a.ready.http.unwrap(),
+        b.ready.http.unwrap(),
+        c.ready.http.unwrap(),
+    );
+    let out = dir.path().join("device.out");
+    let _device = spawn_device(ha, "den", "rig", 120, &out);
+    for h in [hb, hc] {
+        listed(h, "rig", "").await;
+    }
+    let known = |node: &str, region: &str, http, rtt| Known {
+        node: node.into(),
+        region: region.into(),
+        signaling: format!("http://{http}"),
+        rtt_ms: Some(rtt),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let opts = PlayerOptions {
+        entry: format!("http://{ha}"),
+        token: token("pat", "den", Role::Player),
+        watch: "rig".into(),
+        known: vec![
+            known("node-a", "eu", ha, 10.0),
+            known("node-b", "us", hb, 20.0),
+            known("node-c", "asia", hc, 30.0),
+        ],
+        controls: CONTROLS,
+        control_every: Duration::from_millis(10),
+        silence: Duration::from_secs(2),
+        run_for: Duration::from_secs(90),
+        stop: Some(stopped),
+        done_after_frames: 0,
+        local: None,
+        progress: None,
+    };
+    let play = tokio::spawn(player::run(opts));
+    macro_rules! reached {
+        ($n:expr, $what:expr) => {{
+            let n = $n;
+            match device_has(&out, "pat", n).await {
+                Some(g) => g,
+                None => {
+                    let _ = stop.send(true);
+                    let r = play.await.expect("player task");
+                    panic!(
+                        "{}: the device never got {n} controls from pat; {}",
+                        $what,
+                        describe(&r)
+                    );
+                }
+            }
+        }};
+    }
+    reached!(50, "before the drain");
+    a.signal(libc::SIGTERM);
+    let drained = Instant::now();
+    let status = a
+        .wait_timeout(Duration::from_secs(15))
+        .expect("A exits once its sessions moved");
+    assert!(
+        status.success(),
+        "A's exit status after the drain: {status}"
+    );
+    assert!(
+        drained.elapsed() < Duration::from_secs(12),
+        "A waited {:?}: its sessions did not move",
+        drained.elapsed()
+    );
+    // The device publishes elsewhere, and the room with it.
+    let rooms = listed(hb, "rig", "eu").await;
+    eprintln!("after the drain: {rooms}");
+    // Controls keep reaching the device through its new node.
+    let n = device_controls(&out).get("pat").map_or(0, Vec::len);
+    reached!(n + 100, "after the drain");
+    let _ = stop.send(true);
+    let report = play.await.expect("player task");
+    eprintln!(
+        "{}; moves {} {:?}",
+        describe(&report),
+        report.moves,
+        report.move_gaps
+    );
+    let nodes: Vec<&str> = report.legs.iter().map(|l| l.node.as_str()).collect();
+    assert_eq!(nodes.len(), 2, "one move: {nodes:?}");
+    assert_eq!(nodes[0], "node-a");
+    assert_ne!(nodes[1], "node-a");
+    assert_eq!(
+        report.moves, 1,
+        "moved make-before-break, not after a failure"
+    );
+    assert!(
+        report.gaps.is_empty(),
+        "no failure re-home: {:?}",
+        report.gaps
+    );
+    assert_eq!(report.unrecovered, 0);
+    assert!(
+        report.legs[1].frames > 30,
+        "media on the new node: {}",
+        describe(&report)
+    );
+    // Every acknowledged control reached the device.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got: std::collections::BTreeSet<u64> = loop {
+        let got: std::collections::BTreeSet<u64> = device_controls(&out)
+            .remove("pat")
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        if report.acks.keys().all(|id| got.contains(id)) || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let missing: Vec<u64> = report
+        .acks
+        .keys()
+        .filter(|id| !got.contains(id))
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged, never delivered: {missing:?}"
+    );
+    drop(b);
+    drop(c);
+}
+
+/// SIGKILL of the device's node: the device simulator republishes on the next node it knows,
+/// that node becomes the room's home once the death is seen, and the player, which watched
+/// over the trunk from its own node, receives the device again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_whose_node_is_killed_republishes_and_is_watched_again() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("device-kill");
+    let ca = pki(&dir.path().join("pki"), &["node-a", "node-b", "node-c"]);
+    let ca = ca.parent().unwrap();
+    let mut a = start_trunk_node(&redis, ca, "node-a", "eu", "");
+    let b = start_trunk_node(&redis, ca, "node-b", "us", "");
+    let c = start_trunk_node(&redis, ca, "node-c", "asia", "");
+    let (ha, hb, hc) = (
+        a.ready.http.unwrap(),
+        b.ready.http.unwrap(),
+        c.ready.http.unwrap(),
+    );
+    // Every node is listed before the device starts: it learns them all from A.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = common::http_get_async(ha, "/v1/regions").await.unwrap();
+        if ["\"eu\"", "\"us\"", "\"asia\""]
+            .iter()
+            .all(|r| body.contains(r))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A never listed 3 regions: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = dir.path().join("device.out");
+    let _device = spawn_device(ha, "den", "rig", 120, &out);
+    for h in [hb, hc] {
+        listed(h, "rig", "").await;
+    }
+    let known = |node: &str, region: &str, http, rtt| Known {
+        node: node.into(),
+        region: region.into(),
+        signaling: format!("http://{http}"),
+        rtt_ms: Some(rtt),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let opts = PlayerOptions {
+        entry: format!("http://{hb}"),
+        token: token("pat", "den", Role::Player),
+        watch: "rig".into(),
+        known: vec![
+            known("node-a", "eu", ha, 30.0),
+            known("node-b", "us", hb, 10.0),
+            known("node-c", "asia", hc, 20.0),
+        ],
+        controls: CONTROLS,
+        control_every: Duration::from_millis(10),
+        silence: Duration::from_secs(2),
+        run_for: Duration::from_secs(90),
+        stop: Some(stopped),
+        done_after_frames: 0,
+        local: None,
+        progress: None,
+    };
+    let progress = std::sync::Arc::new(player::Progress::default());
+    let play = tokio::spawn(player::run(PlayerOptions {
+        progress: Some(progress.clone()),
+        ..opts
+    }));
+    let frames = |p: &player::Progress| p.frames.load(std::sync::atomic::Ordering::Relaxed);
+    let wait_frames = async |n: u64, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while frames(&progress) < n {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} frames, not {n}",
+                frames(&progress)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    wait_frames(60, "before the kill").await;
+    a.signal(libc::SIGKILL);
+    assert!(
+        a.wait_timeout(Duration::from_secs(5)).is_some(),
+        "node-a did not die"
+    );
+    let killed = Instant::now();
+    // The device is published from another region, and the player gets its frames again.
+    let rooms = listed(hb, "rig", "eu").await;
+    eprintln!("after the kill ({:?}): {rooms}", killed.elapsed());
+    let n = frames(&progress);
+    wait_frames(n + 60, "after the device re-homed").await;
+    let _ = stop.send(true);
+    let report = play.await.expect("player task");
+    eprintln!("{}", describe(&report));
+    let last = report.legs.last().unwrap();
+    assert!(
+        last.last_frame.is_some_and(|t| t > killed),
+        "media after the kill: {}",
+        describe(&report)
+    );
+    assert_eq!(report.unrecovered, 0, "{}", describe(&report));
+    drop(b);
+    drop(c);
 }

@@ -30,12 +30,12 @@ use crate::client::signal::http_get_json;
 use crate::route::cluster::{group_ip, mint, regions_listed, wait_until, Cluster, Spec};
 
 /// The drills this bench runs.
-pub const DRILLS: [&str; 2] = ["kill", "directory"];
+pub const DRILLS: [&str; 3] = ["kill", "drain", "directory"];
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct FailoverArgs {
     /// Drills to run, comma-separated: kill, directory.
-    #[arg(long, value_delimiter = ',', default_values_t = ["kill".to_string(), "directory".to_string()])]
+    #[arg(long, value_delimiter = ',', default_values_t = ["kill".to_string(), "drain".to_string(), "directory".to_string()])]
     pub drills: Vec<String>,
     /// Players (half nearest us, half nearest ap), fresh for every repetition.
     #[arg(long, default_value_t = 50)]
@@ -253,6 +253,7 @@ async fn run_async(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
             let tag = format!("{drill}{k}");
             let rep = match drill.as_str() {
                 "kill" => kill_rep(args, &mut cluster, &known, &printed, &tag).await,
+                "drain" => drain_rep(args, &mut cluster, &known, &printed, &tag).await,
                 _ => directory_rep(args, &mut cluster, &known, &printed, &tag).await,
             }
             .with_context(|| format!("{drill} drill, repetition {}", k + 1))?;
@@ -527,6 +528,102 @@ async fn kill_rep(
     Ok(rep)
 }
 
+/// SIGTERM of us (group 1's nearest): its players are told to move, and each joins its next
+/// region beside its current leg and switches once media flows there. The gap is from the
+/// last frame of the old leg to the first after the switch, or the longest frame interval in
+/// the new leg's first second when that is longer.
+async fn drain_rep(
+    args: &FailoverArgs,
+    cluster: &mut Cluster,
+    known: &[Vec<Known>],
+    printed: &Printed,
+    tag: &str,
+) -> anyhow::Result<Rep> {
+    ensure_all_up(cluster).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let players = start_players(args, known, tag, &stop_rx).await?;
+    let drained = 1;
+    let t0 = Instant::now();
+    cluster.regions[drained].terminate();
+    let gone = cluster.regions[drained].region.clone();
+    // Detection: the others stop offering it (a draining node is not listed).
+    let others: Vec<String> = [0usize, 2]
+        .iter()
+        .map(|&r| cluster.regions[r].direct_url())
+        .collect();
+    let detected = wait_until(Duration::from_secs(10), || async {
+        let mut all = true;
+        for u in &others {
+            all &= regions_listed(u).await.is_some_and(|l| !l.contains(&gone));
+        }
+        all
+    })
+    .await
+    .ok()
+    .map(|()| t0.elapsed());
+    let affected: Vec<usize> = (0..players.len())
+        .filter(|&i| players[i].group == drained)
+        .collect();
+    // Steady: every affected player moved and receives on its new node, and the drained
+    // node exited (its last session left).
+    let region = &mut cluster.regions[drained];
+    let mut status = None;
+    let steady = wait_until(Duration::from_secs(20), || {
+        if status.is_none() {
+            status = region.exited();
+        }
+        let exited = status.is_some();
+        let moved = affected.iter().all(|&i| {
+            let p = &players[i].progress;
+            p.legs.load(Ordering::Relaxed) >= 2 && p.leg_frames.load(Ordering::Relaxed) >= 5
+        });
+        async move { exited && moved }
+    })
+    .await
+    .ok()
+    .map(|()| t0.elapsed());
+    if let Some(s) = status.filter(|s| !s.success()) {
+        bail!("the drained node exited with {s}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut rep = Rep {
+        detection_ms: detected.map(ms),
+        steady_ms: steady.map(ms),
+        affected: affected.len(),
+        ..Rep::default()
+    };
+    let reports = finish(players, stop_tx, printed, &mut rep).await;
+    for (group, r) in &reports {
+        if r.legs.len() > 1 {
+            rep.rehomed += 1;
+        }
+        if *group != drained {
+            continue;
+        }
+        if r.moves == 1 && r.gaps.is_empty() && r.unrecovered == 0 {
+            rep.recovered += 1;
+        }
+        // The switch, and the new leg's first second.
+        let moved = r.legs.iter().position(|l| l.ended.starts_with("moved"));
+        if let (Some(i), Some(g)) = (moved, r.move_gaps.first()) {
+            let after = r.legs.get(i + 1);
+            let settle = after
+                .and_then(|l| {
+                    let first = l.first_frame?;
+                    l.stalls
+                        .iter()
+                        .filter(|(t, _)| *t <= first + Duration::from_secs(1))
+                        .map(|(_, d)| *d)
+                        .max()
+                })
+                .unwrap_or_default();
+            rep.gaps_ms.push(ms((*g).max(settle)));
+        }
+        rep.gaps_ms.extend(r.gaps.iter().map(|g| ms(*g)));
+    }
+    Ok(rep)
+}
+
 async fn directory_rep(
     args: &FailoverArgs,
     cluster: &mut Cluster,
@@ -726,6 +823,8 @@ pub fn markdown(r: &FailoverReport) -> String {
         );
     }
     s += "\nkill: gap = last frame before → first frame after the re-home, per player on the killed node.\n\
+          drain: gap = last frame from the drained node → first from the next, or the longest frame interval in the new\n\
+          leg's first second when longer, per player on the drained node (moved make-before-break).\n\
           directory: gap = each player's longest time between two frames in the first min(outage, 10 s) of the outage\n\
           (100 when none was over 100 ms); no re-home is expected (one counts as a dropped session).\n";
     s

@@ -64,7 +64,9 @@ pub trait Backend: Send + Sync + 'static {
     /// One stored node, as a full update.
     async fn load(&self, node: &str) -> Result<Option<Update>, DirError>;
     /// Makes `me` the home of `room` unless another live node is.
-    async fn claim_room(&self, room: &str, me: &str) -> Result<Claim, DirError>;
+    /// With `takeover`, a claim held by a draining node passes to `me` (a device moving
+    /// off a draining node brings its room along).
+    async fn claim_room(&self, room: &str, me: &str, takeover: bool) -> Result<Claim, DirError>;
     /// Gives up `room` if `me` is its home.
     async fn release_room(&self, room: &str, me: &str) -> Result<(), DirError>;
     /// Keeps the claims of rooms homed here from expiring.
@@ -200,12 +202,12 @@ impl Backend for Embedded {
             .map(|(u, _, _)| u.clone()))
     }
 
-    async fn claim_room(&self, room: &str, me: &str) -> Result<Claim, DirError> {
+    async fn claim_room(&self, room: &str, me: &str, takeover: bool) -> Result<Claim, DirError> {
         let now = Instant::now();
         let mut st = self.lock();
         if let Some(owner) = st.homes.get(room).filter(|o| o.as_str() != me).cloned() {
             if let Some((u, at, ttl)) = st.nodes.get(&owner) {
-                if now.duration_since(*at) <= *ttl {
+                if now.duration_since(*at) <= *ttl && !(takeover && u.info.draining) {
                     return Ok(Claim::Theirs(Box::new(u.info.clone())));
                 }
             }
@@ -402,7 +404,7 @@ impl Directory {
 
     /// Where a new session of `room` goes (see [`route::place`]).
     pub fn place(&self, room: &str, ranking: &[RegionRtt], may_redirect: bool) -> Placement {
-        self.place_session(room, ranking, may_redirect, false)
+        self.place_session(room, ranking, may_redirect, false, false)
     }
 
     /// As [`Directory::place`]; `edge` as in [`route::place_with`].
@@ -412,8 +414,10 @@ impl Directory {
         ranking: &[RegionRtt],
         may_redirect: bool,
         edge: bool,
+        takeover: bool,
     ) -> Placement {
-        let placed = self.with_view(|v| route::place_with(v, room, ranking, may_redirect, edge));
+        let placed =
+            self.with_view(|v| route::place_for(v, room, ranking, may_redirect, edge, takeover));
         placed.unwrap_or_else(|| Placement {
             node: self.local().info().clone(),
             here: true,
@@ -426,24 +430,38 @@ impl Directory {
     /// node already is. The directory being away never refuses a session: the room is then
     /// served here (and its home reconciled when the directory returns).
     pub async fn claim(&self, room: &str) -> Home {
+        self.claim_with(room, false).await
+    }
+
+    /// As [`Directory::claim`]; with `takeover` (a device: its room goes where it goes) the
+    /// home of a draining node passes to this one. The draining node keeps serving the
+    /// room's sessions it has until they move; every view then ranks this node first (see
+    /// [`ClusterView::room_home`]).
+    pub async fn claim_with(&self, room: &str, takeover: bool) -> Home {
         if self.local().is_home(room) {
             return Home::Here;
         }
         let limit = self.settings.heartbeat.max(Duration::from_millis(250)) * 2;
-        let r = bounded(limit, self.backend.claim_room(room, &self.me)).await;
+        let r = bounded(limit, self.backend.claim_room(room, &self.me, takeover)).await;
         match r {
             Ok(Claim::Mine) => {}
             Ok(Claim::Theirs(other)) => {
                 self.set_status(Ok(()));
-                let alive = self.with_view(|v| v.node(&other.id).is_some());
-                if alive
+                let (alive, draining) = self.with_view(|v| {
+                    let n = v.node(&other.id);
+                    (n.is_some(), n.is_some_and(|n| n.draining) || other.draining)
+                });
+                if takeover && draining {
+                    tracing::info!(room, from = %other.id, "room's home is draining; it moves here with its device");
+                } else if alive
                     || other.heartbeat_ms + self.settings.death_timeout.as_millis() as u64
                         >= unix_ms()
                 {
                     return Home::Elsewhere(other);
+                } else {
+                    // Stored but silent for longer than the death timeout: take it over.
+                    tracing::info!(room, owner = %other.id, "room's home is silent; taking it over");
                 }
-                // Stored but silent for longer than the death timeout: take it over.
-                tracing::info!(room, owner = %other.id, "room's home is silent; taking it over");
             }
             Err(e) => {
                 self.set_status(Err(&e));
@@ -511,6 +529,13 @@ impl Directory {
 
     pub fn set_draining(&self, draining: bool) {
         self.local().set_draining(draining);
+    }
+
+    /// Marks this node draining and tells the directory now, not at the next heartbeat: the
+    /// nodes its sessions are sent to must know, or they would send them back.
+    pub async fn start_draining(&self) {
+        self.set_draining(true);
+        self.heartbeat().await;
     }
 
     /// Whether this node is `room`'s home (as it knows itself, before any heartbeat says so).

@@ -40,7 +40,14 @@ const CLAIM: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[1] then
   local hdr = redis.call('HGET', ARGV[2] .. cur, 'hdr')
-  if hdr then return {cur, hdr} end
+  if hdr then
+    local taken = false
+    if ARGV[4] == '1' then
+      local ok, h = pcall(cjson.decode, hdr)
+      taken = ok and type(h) == 'table' and type(h.info) == 'table' and h.info.draining == true
+    end
+    if not taken then return {cur, hdr} end
+  end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 return {ARGV[1], false}
@@ -328,7 +335,7 @@ impl Backend for Redis {
         Self::decode(self.load_fields(node).await?)
     }
 
-    async fn claim_room(&self, room: &str, me: &str) -> Result<Claim, DirError> {
+    async fn claim_room(&self, room: &str, me: &str, takeover: bool) -> Result<Claim, DirError> {
         self.count(1);
         let node_prefix = format!("{}:node:", self.prefix);
         let reply: Vec<Value> = self
@@ -340,6 +347,7 @@ impl Backend for Redis {
                     me.to_string(),
                     node_prefix,
                     HOME_TTL.as_millis().to_string(),
+                    if takeover { "1" } else { "0" }.to_string(),
                 ],
             )
             .await

@@ -211,9 +211,16 @@ pub fn plan_drain(view: &ClusterView, from: &str, sessions: &[Leaving]) -> Drain
             .collect();
         return plan;
     };
+    // The rooms still homed here: one whose device already moved (another node claims it and
+    // every view ranks that node first) is homed where it moved to.
     let homed_here: BTreeSet<&str> = view
         .rooms(from)
-        .map(|r| r.iter().map(String::as_str).collect())
+        .map(|r| {
+            r.iter()
+                .map(String::as_str)
+                .filter(|r| view.room_home(r).is_some_and(|h| h.id == from))
+                .collect()
+        })
         .unwrap_or_default();
     let mut added: HashMap<String, usize> = HashMap::new();
     let mut order: Vec<&Leaving> = sessions.iter().collect();
@@ -530,6 +537,39 @@ mod tests {
         assert_eq!(to("p1"), (Some("b".into()), MoveReason::RoomHome));
         // b now carries two moved sessions, c none: p9 goes to c.
         assert_eq!(to("p9"), (Some("c".into()), MoveReason::Fallback));
+    }
+
+    #[test]
+    fn once_a_device_moved_its_rooms_players_go_to_the_new_home() {
+        let t0 = Instant::now();
+        let mut c = Cluster::new("a");
+        let no_trunk = |u: &mut Update| u.info.trunk = None;
+        // a drains; its device went to c, which claimed r1 (a still claims it too, until its
+        // last session of r1 leaves).
+        c.beat(t0, "a", "eu", |u| {
+            no_trunk(u);
+            u.info.draining = true;
+            u.rooms_set = vec!["r1".into()];
+        });
+        c.beat(t0, "b", "us", no_trunk);
+        c.beat(t0, "c", "asia", |u| {
+            no_trunk(u);
+            u.rooms_set = vec!["r1".into()];
+        });
+        let s = [leaving(
+            "p1",
+            "r1",
+            Kind::Watcher,
+            &[("us", 10.0), ("asia", 80.0)],
+        )];
+        let plan = plan_drain(&c.view, "a", &s);
+        assert_eq!(
+            plan.moves[0].to.as_ref().map(|n| n.id.as_str()),
+            Some("c"),
+            "the room's new home, not the player's nearest (no trunk)"
+        );
+        assert_eq!(plan.moves[0].reason, MoveReason::RoomHome);
+        assert!(plan.rooms.is_empty(), "nothing left homed on a: {plan:?}");
     }
 
     #[test]

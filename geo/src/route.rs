@@ -69,6 +69,20 @@ pub fn place_with(
     may_redirect: bool,
     edge: bool,
 ) -> Option<Placement> {
+    place_for(view, room, ranking, may_redirect, edge, false)
+}
+
+/// As [`place_with`]; with `takeover` (a device: its room goes where it goes) a room whose
+/// only home is draining does not pull the session there: the device is placed by its
+/// ranking and takes the room's home with it (see [`crate::Directory::claim`]).
+pub fn place_for(
+    view: &ClusterView,
+    room: &str,
+    ranking: &[RegionRtt],
+    may_redirect: bool,
+    edge: bool,
+    takeover: bool,
+) -> Option<Placement> {
     let me = view.node(view.me())?.clone();
     let rtt_of = |region: &str| {
         ranking
@@ -79,7 +93,10 @@ pub fn place_with(
     };
     let here = |node: &NodeInfo| node.id == me.id;
     let mut trunked = false;
-    if let Some(home) = view.room_home(room) {
+    let home = view
+        .room_home(room)
+        .filter(|h| !(takeover && h.draining && h.id != me.id));
+    if let Some(home) = home {
         if !(edge && home.trunk.is_some() && me.trunk.is_some()) {
             return Some(Placement {
                 here: here(home),

@@ -169,13 +169,22 @@ impl ClusterView {
             .map(|e| now.saturating_duration_since(e.heard))
     }
 
-    /// The node that is `room`'s home. Two nodes claiming one room (possible only while the
-    /// directory was unreachable) resolve to the lowest node id, on every node alike.
+    /// The node that is `room`'s home. Two nodes claiming one room resolve the same way on
+    /// every node: the lowest id among those not draining (a draining node's device moved the
+    /// room to another node), else the lowest id. Two claims happen while the directory was
+    /// unreachable, and during a drain's hand-over.
     pub fn room_home(&self, room: &str) -> Option<&NodeInfo> {
-        self.nodes
-            .values()
-            .find(|e| e.rooms.contains(room))
-            .map(|e| &e.info)
+        // A node that drains hands its rooms over: a claimant that does not comes first.
+        let mut claimants = self.nodes.values().filter(|e| e.rooms.contains(room));
+        let first = claimants.next()?;
+        if !first.info.draining {
+            return Some(&first.info);
+        }
+        Some(
+            claimants
+                .find(|e| !e.info.draining)
+                .map_or(&first.info, |e| &e.info),
+        )
     }
 
     /// Every device of every live node, with the node it is on, ordered by room and identity.
@@ -346,6 +355,19 @@ mod tests {
         u.rooms_set = vec!["split".into()];
         v.apply(u, t0);
         assert_eq!(v.room_home("split").map(|n| n.id.as_str()), Some("a"));
+        // a drains: the room is handed to the claimant that does not.
+        let mut u = update("a", 1, 2, false);
+        u.info.draining = true;
+        v.apply(u, t0);
+        assert_eq!(v.room_home("split").map(|n| n.id.as_str()), Some("c"));
+        let mut u = update("c", 1, 2, false);
+        u.info.draining = true;
+        v.apply(u, t0);
+        assert_eq!(
+            v.room_home("split").map(|n| n.id.as_str()),
+            Some("a"),
+            "all draining: the lowest id again"
+        );
         v.expire(t0 + Duration::from_secs(2));
         assert!(
             v.room_home("lobby").is_none(),

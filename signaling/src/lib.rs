@@ -10,6 +10,7 @@
 
 mod api;
 mod cluster;
+mod drain;
 mod ice;
 mod pages;
 pub mod protocol;
@@ -40,6 +41,7 @@ pub async fn start(
         status,
         alternate,
         sessions,
+        on_drain,
     } = ctx;
     let turn = (turn_udp, turn_tcp, turn_tls);
     let (tls_reload, status) = (&tls_reload, &status);
@@ -69,6 +71,12 @@ pub async fn start(
         state.trunk = Some(handle);
     }
     state.ice.set_bound(turn.0, turn.1, turn.2);
+    // A drain tells each WebSocket session where to go.
+    let (movers, runtime) = (Arc::clone(&state.movers), tokio::runtime::Handle::current());
+    let _ = on_drain.set(Box::new(move |deadline| {
+        let _guard = runtime.enter();
+        drain::start(Arc::clone(&movers), Arc::clone(&dir), deadline);
+    }));
     let app = router(Arc::new(state)).into_make_service_with_connect_info::<state::Peer>();
     let tls = match (&config.signaling.tls_cert, &config.signaling.tls_key) {
         (Some(c), Some(k)) => Some(meridian_relay::net::ReloadableTls::load(c, k)?),

@@ -418,6 +418,20 @@ pub fn redirect_json(
     .to_string()
 }
 
+/// The `move` event: the node drains and the session should move to `node`
+/// make-before-break (join there, then leave here), within `deadline_ms`.
+pub fn move_json(
+    node: &meridian_geo::NodeInfo,
+    reason: meridian_geo::rehome::MoveReason,
+    deadline: std::time::Duration,
+) -> String {
+    json!({
+        "type": "move", "url": node.ws_url(), "node": node.id, "region": node.region,
+        "reason": reason.as_str(), "deadline_ms": deadline.as_millis() as u64,
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,6 +43,8 @@ pub struct Signaling {
     /// The trunk to other nodes, when `[trunk]` is configured: players of rooms homed
     /// elsewhere are then served here.
     pub(crate) trunk: Option<meridian_relay::net::trunk::TrunkHandle>,
+    /// The WebSocket sessions a drain tells where to go.
+    pub(crate) movers: Arc<crate::drain::Movers>,
 }
 
 impl Signaling {
@@ -74,6 +76,7 @@ impl Signaling {
             resources: Default::default(),
             dir,
             trunk: None,
+            movers: Default::default(),
         })
     }
 

@@ -218,9 +218,11 @@ pub async fn session(
     // trunk, a player or viewer of a room homed elsewhere stays on its nearest node, which
     // serves the room over the trunk (an edge).
     let edge_capable = st.trunk.is_some() && claims.role != Role::Device;
-    let placement = st
-        .dir
-        .place_session(&claims.room, &regions, redirects == 0, edge_capable);
+    // A device takes its room along from a draining home (see `drain`).
+    let device = claims.role == Role::Device;
+    let placement =
+        st.dir
+            .place_session(&claims.room, &regions, redirects == 0, edge_capable, device);
     let remote_home = st.dir.with_view(|v| {
         v.room_home(&claims.room)
             .filter(|h| h.id != st.dir.me() && h.trunk.is_some())
@@ -233,7 +235,7 @@ pub async fn session(
         edge = Some(trunk.watch(&claims.room, home));
         None
     } else {
-        match st.dir.claim(&claims.room).await {
+        match st.dir.claim_with(&claims.room, device).await {
             Home::Here => None,
             Home::Elsewhere(node) => Some((*node, Reason::RoomHome)),
         }
@@ -314,6 +316,8 @@ pub async fn session(
         violations: 0,
     };
     let mut connected = false;
+    let kind = if device { Kind::Device } else { Kind::Watcher };
+    let (_movable, mut moves) = st.movers.register(&claims.room, kind, &regions);
     let token_expiry = Duration::from_secs(claims.exp.saturating_sub(now));
     let expired = tokio::time::sleep(token_expiry);
     tokio::pin!(expired);
@@ -395,6 +399,13 @@ pub async fn session(
                 }
                 if let Some(reason) = failed {
                     close_with(&mut socket, close::MEDIA_FAILED, &format!("media session ended: {reason}")).await;
+                    break;
+                }
+            }
+            Some(m) = moves.recv() => {
+                // The node drains: the client joins `to` and leaves here once media flows
+                // there; the node closes what is left at the deadline.
+                if !send(&mut socket, protocol::move_json(&m.to, m.reason, m.deadline)).await {
                     break;
                 }
             }

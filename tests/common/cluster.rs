@@ -41,8 +41,21 @@ pub fn start_trunk_node(
     region: &str,
     extra_toml: &str,
 ) -> Node {
+    start_trunk_node_draining(redis, pki, id, region, extra_toml, 1)
+}
+
+/// [`start_trunk_node`] with a drain deadline of `drain_secs`.
+pub fn start_trunk_node_draining(
+    redis: &RedisServer,
+    pki: &Path,
+    id: &str,
+    region: &str,
+    extra_toml: &str,
+    drain_secs: u64,
+) -> Node {
     let file = |f: String| format!("{:?}", pki.join(f).display().to_string());
     Node::start_meridian(&NodeOptions {
+        drain_secs,
         extra_toml: format!(
             "[cluster]\nnode_id = \"{id}\"\nregion = \"{region}\"\ndirectory = \"{}\"\nkey_prefix = \"tk\"\n\n\
              [trunk]\nlisten = \"127.0.0.1:0\"\nca = {}\ncert = {}\nkey = {}\nkeepalive_ms = 200\n{extra_toml}",

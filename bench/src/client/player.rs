@@ -102,6 +102,12 @@ pub struct PlayerReport {
     /// Acknowledgements naming another sequence number than an earlier one for the same id
     /// (the message was applied twice).
     pub conflicting_acks: u64,
+    /// Moves a draining node asked for that were made (make-before-break: the next node's
+    /// media flowed before this one's was left).
+    pub moves: u64,
+    /// Per move: the last frame from the old node → the first frame from the new one after
+    /// the switch (zero when they overlapped).
+    pub move_gaps: Vec<Duration>,
     /// Joins that failed (a node refused or did not answer).
     pub failed_joins: u64,
     /// Why they failed (the first few).
@@ -156,6 +162,7 @@ pub async fn run(opts: PlayerOptions) -> PlayerReport {
         next_control: None,
     };
     let mut failed: BTreeSet<String> = BTreeSet::new();
+    let mut handover: Option<Wired> = None;
     let mut last_frame_before: Option<Instant> = None;
     // A leg that had media failed and no leg since got media.
     let mut pending_gap = false;
@@ -175,129 +182,76 @@ pub async fn run(opts: PlayerOptions) -> PlayerReport {
                 .cloned()
                 .collect();
         }
-        let base = targets
-            .first()
-            .map(|k| k.signaling.clone())
-            .unwrap_or_else(|| opts.entry.clone());
-        // The ranking sent with the join leaves out the regions that failed: a node that has
-        // not yet seen the death must not send the player back.
-        let failed_regions: BTreeSet<String> = opts
-            .known
-            .iter()
-            .filter(|k| failed.contains(&k.node))
-            .map(|k| k.region.clone())
-            .collect();
-        let ranking: Vec<RegionRtt> = opts
-            .known
-            .iter()
-            .filter(|k| !failed_regions.contains(&k.region))
-            .filter_map(|k| {
-                k.rtt_ms.map(|rtt_ms| RegionRtt {
-                    region: k.region.clone(),
-                    rtt_ms,
-                })
-            })
-            .collect();
-        let mut join = json!({"type": "join", "v": 1, "token": opts.token});
-        if !ranking.is_empty() {
-            join["regions"] = json!(ranking
-                .iter()
-                .map(|r| json!({"region": r.region, "rtt_ms": r.rtt_ms}))
-                .collect::<Vec<_>>());
-        }
-        if let Some(s) = carry.last_seq {
-            join["resume_from"] = json!(s);
-        } else if let Some(s) = carry.first_ack_seq {
-            join["resume_from"] = json!(s.saturating_sub(1));
-        }
-        // The media session is offered before the join and sent right behind it with the
-        // subscription (by the device's identity): joined, subscribed and answered in one
-        // round trip.
-        let (rtc, mid, pending, offer) = match new_rtc() {
-            Ok(x) => x,
-            Err(e) => {
-                report.join_errors.push(format!("{e:#}"));
-                break;
-            }
-        };
-        let then = [
-            json!({"type": "subscribe", "identity": opts.watch, "kind": "video", "mid": mid.to_string()}),
-            json!({"type": "offer", "sdp": offer}),
-        ];
-        let joined = tokio::time::timeout(
-            Duration::from_secs(5),
-            Signal::join_pipelined(&base, join, &then, None, opts.local),
-        )
-        .await
-        .map_err(|_| anyhow!("no joined within 5 s"))
-        .and_then(|r| r);
-        let (signal, on_base, answer) = match joined {
-            Ok((s, b, _, replies)) if replies.iter().all(|r| r["type"] != "error") => (
-                s,
-                b,
-                replies[1]["sdp"].as_str().unwrap_or_default().to_string(),
-            ),
-            Ok((_, b, _, replies)) => {
-                // Joined, but the device's track is not there (yet): not the node's fault.
-                let e = replies
-                    .iter()
-                    .find(|r| r["type"] == "error")
-                    .cloned()
-                    .unwrap_or_default();
-                report
-                    .join_errors
-                    .push(format!("{b}: {}: {}", e["code"], e["message"]));
-                report.join_errors.truncate(15);
-                tokio::time::sleep(RETRY_PAUSE).await;
-                continue;
-            }
-            Err(e) => {
-                report.join_errors.push(format!("{base}: {e:#}"));
-                report.failed_joins += 1;
-                report.join_errors.truncate(15);
-                mark_failed(&mut failed, &opts.known, &base);
-                if opts.known.is_empty() {
-                    tokio::time::sleep(RETRY_PAUSE).await;
+        let mut wired = match handover.take() {
+            // A drain's move: the next node's media already flows.
+            Some(w) => w,
+            None => {
+                let base = targets
+                    .first()
+                    .map(|k| k.signaling.clone())
+                    .unwrap_or_else(|| opts.entry.clone());
+                let join = join_message(&opts, &carry, &failed);
+                match negotiate(&opts, &base, join).await {
+                    Ok(n) => match wire(n, &opts) {
+                        Ok(w) => w,
+                        Err(e) => {
+                            report.join_errors.push(format!("{base}: {e:#}"));
+                            report.failed_joins += 1;
+                            report.join_errors.truncate(15);
+                            mark_failed(&mut failed, &opts.known, &base);
+                            continue;
+                        }
+                    },
+                    Err(JoinFailure::NoTrack(why)) => {
+                        // Joined, but the device's track is not there (yet): not the node's
+                        // fault.
+                        report.join_errors.push(why);
+                        report.join_errors.truncate(15);
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        continue;
+                    }
+                    Err(JoinFailure::Node(e)) => {
+                        report.join_errors.push(format!("{base}: {e:#}"));
+                        report.failed_joins += 1;
+                        report.join_errors.truncate(15);
+                        mark_failed(&mut failed, &opts.known, &base);
+                        if opts.known.is_empty() {
+                            tokio::time::sleep(RETRY_PAUSE).await;
+                        }
+                        continue;
+                    }
                 }
-                continue;
             }
         };
-        let node = signal.joined["node"].as_str().unwrap_or("").to_string();
-        let mut leg = Leg {
-            node: node.clone(),
-            base: on_base.clone(),
-            joined: Instant::now(),
-            first_frame: None,
-            last_frame: None,
-            frames: 0,
-            longest_interval: Duration::ZERO,
-            stalls: Vec::new(),
-            datagrams: 0,
-            keyframe_requests: 0,
-            ended: String::new(),
-        };
+        let node = wired.leg.node.clone();
+        let on_base = wired.leg.base.clone();
         if let Some(p) = &opts.progress {
             p.legs.fetch_add(1, Ordering::Relaxed);
-            p.leg_frames.store(0, Ordering::Relaxed);
+            p.leg_frames.store(wired.leg.frames, Ordering::Relaxed);
         }
-        let r = run_leg(
-            Negotiated {
-                signal,
-                rtc,
-                mid,
-                pending,
-                answer,
-            },
-            &opts,
-            &mut carry,
-            &mut leg,
-            &mut report,
-            end,
-        )
-        .await;
+        let r = run_leg(&mut wired, &opts, &mut carry, &mut report, end, &failed).await;
+        let mut leg = wired.leg;
         leg.ended = match &r {
-            Ok(()) => "done".into(),
+            Ok(LegEnd::Done) => "done".into(),
+            Ok(LegEnd::Moved(w)) => format!("moved to {}", w.leg.node),
             Err(e) => format!("{e:#}"),
+        };
+        let r = match r {
+            Ok(LegEnd::Moved(w)) => {
+                // Make-before-break: the old leg ran until the new one had media.
+                report.moves += 1;
+                if let (Some(before), Some(after)) = (leg.last_frame, w.leg.first_frame) {
+                    report
+                        .move_gaps
+                        .push(after.saturating_duration_since(before));
+                }
+                last_frame_before = leg.last_frame;
+                report.legs.push(leg);
+                handover = Some(*w);
+                continue;
+            }
+            Ok(LegEnd::Done) => Ok(()),
+            Err(e) => Err(e),
         };
         // A re-home's gap: from the last frame an earlier leg got to this leg's first.
         if let (true, Some(before), Some(after)) = (pending_gap, last_frame_before, leg.first_frame)
@@ -334,13 +288,171 @@ fn mark_failed(failed: &mut BTreeSet<String>, known: &[Known], base: &str) {
     }
 }
 
+/// The join a leg sends: the ranking without the regions that failed (a node that has not yet
+/// seen the death must not send the player back), resuming after the last room sequence seen.
+fn join_message(opts: &PlayerOptions, carry: &Carry, failed: &BTreeSet<String>) -> Value {
+    let failed_regions: BTreeSet<String> = opts
+        .known
+        .iter()
+        .filter(|k| failed.contains(&k.node))
+        .map(|k| k.region.clone())
+        .collect();
+    let ranking: Vec<RegionRtt> = opts
+        .known
+        .iter()
+        .filter(|k| !failed_regions.contains(&k.region))
+        .filter_map(|k| {
+            k.rtt_ms.map(|rtt_ms| RegionRtt {
+                region: k.region.clone(),
+                rtt_ms,
+            })
+        })
+        .collect();
+    let mut join = json!({"type": "join", "v": 1, "token": opts.token});
+    if !ranking.is_empty() {
+        join["regions"] = json!(ranking
+            .iter()
+            .map(|r| json!({"region": r.region, "rtt_ms": r.rtt_ms}))
+            .collect::<Vec<_>>());
+    }
+    if let Some(s) = carry.last_seq {
+        join["resume_from"] = json!(s);
+    } else if let Some(s) = carry.first_ack_seq {
+        join["resume_from"] = json!(s.saturating_sub(1));
+    }
+    join
+}
+
+enum JoinFailure {
+    /// Joined, but the subscription was refused (the device's track is not there yet).
+    NoTrack(String),
+    /// The node refused or did not answer.
+    Node(anyhow::Error),
+}
+
+/// Joins at `base` with the media session offered before the join and sent right behind it
+/// with the subscription (by the device's identity): joined, subscribed and answered in one
+/// round trip.
+async fn negotiate(
+    opts: &PlayerOptions,
+    base: &str,
+    join: Value,
+) -> Result<Negotiated, JoinFailure> {
+    let (rtc, mid, pending, offer) = new_rtc().map_err(JoinFailure::Node)?;
+    let then = [
+        json!({"type": "subscribe", "identity": opts.watch, "kind": "video", "mid": mid.to_string()}),
+        json!({"type": "offer", "sdp": offer}),
+    ];
+    let joined = tokio::time::timeout(
+        Duration::from_secs(5),
+        Signal::join_pipelined(base, join, &then, None, opts.local),
+    )
+    .await
+    .map_err(|_| anyhow!("no joined within 5 s"))
+    .and_then(|r| r);
+    match joined {
+        Ok((signal, on_base, _, replies)) if replies.iter().all(|r| r["type"] != "error") => {
+            Ok(Negotiated {
+                answer: replies[1]["sdp"].as_str().unwrap_or_default().to_string(),
+                signal,
+                base: on_base,
+                rtc,
+                mid,
+                pending,
+            })
+        }
+        Ok((_, b, _, replies)) => {
+            let e = replies
+                .iter()
+                .find(|r| r["type"] == "error")
+                .cloned()
+                .unwrap_or_default();
+            Err(JoinFailure::NoTrack(format!(
+                "{b}: {}: {}",
+                e["code"], e["message"]
+            )))
+        }
+        Err(e) => Err(JoinFailure::Node(e)),
+    }
+}
+
 /// A media session offered before the join, and the node's answer.
 struct Negotiated {
     signal: Signal,
+    base: String,
     rtc: Rtc,
     mid: Mid,
     pending: SdpPendingOffer,
     answer: String,
+}
+
+/// A leg's connection: signaling, the media session and its socket.
+struct Wired {
+    signal: Signal,
+    rtc: Rtc,
+    mid: Mid,
+    sock: UdpSocket,
+    server: SocketAddr,
+    local: SocketAddr,
+    channel: Option<ChannelId>,
+    /// Room messages that came while the leg warmed up beside the one it replaces.
+    early: Vec<Value>,
+    leg: Leg,
+}
+
+/// Accepts the answer and binds the leg's socket.
+fn wire(n: Negotiated, opts: &PlayerOptions) -> anyhow::Result<Wired> {
+    let Negotiated {
+        signal,
+        base,
+        mut rtc,
+        mid,
+        pending,
+        answer,
+    } = n;
+    let sdp = answer.as_str();
+    let server = server_udp(sdp).ok_or_else(|| anyhow!("the answer has no UDP candidate"))?;
+    rtc.sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(sdp)?)?;
+    let bind = SocketAddr::new(
+        opts.local.unwrap_or(if server.is_ipv6() {
+            IpAddr::from([0u16; 8])
+        } else {
+            IpAddr::from([0u8; 4])
+        }),
+        0,
+    );
+    let std_sock = std::net::UdpSocket::bind(bind)?;
+    std_sock.set_nonblocking(true)?;
+    // Connected: a dead node's ICMP port unreachable ends the leg at once.
+    std_sock.connect(server)?;
+    let sock = UdpSocket::from_std(std_sock)?;
+    let local = sock.local_addr()?;
+    rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    let leg = Leg {
+        node: signal.joined["node"].as_str().unwrap_or("").to_string(),
+        base,
+        joined: Instant::now(),
+        first_frame: None,
+        last_frame: None,
+        frames: 0,
+        longest_interval: Duration::ZERO,
+        stalls: Vec::new(),
+        datagrams: 0,
+        keyframe_requests: 0,
+        ended: String::new(),
+    };
+    Ok(Wired {
+        signal,
+        rtc,
+        mid,
+        sock,
+        server,
+        local,
+        channel: None,
+        early: Vec::new(),
+        leg,
+    })
 }
 
 /// A receive-only H.264 session with the "controls" channel, and its offer.
@@ -361,83 +473,209 @@ fn new_rtc() -> anyhow::Result<(Rtc, Mid, SdpPendingOffer, String)> {
     Ok((rtc, mid, pending, offer.to_sdp_string()))
 }
 
-/// One leg: connect, watch and send until the run ends (Ok) or the relay fails (Err, with
-/// why).
+/// How a leg that did not fail ended.
+enum LegEnd {
+    /// The run is over.
+    Done,
+    /// A draining node asked the player to move, and the next leg's media flows.
+    Moved(Box<Wired>),
+}
+
+/// What one turn of a leg's loop saw.
+enum Seen {
+    /// A frame arrived.
+    Frame,
+    /// A message on the controls channel.
+    Message(Value),
+    /// A signaling event.
+    Signal(Value),
+}
+
+/// Drains the leg's media session, then waits for one input (or `wake`). Frames are counted
+/// in `w.leg`; everything else it saw is returned for the caller to handle.
+async fn turn(w: &mut Wired, wake: Instant, buf: &mut [u8]) -> anyhow::Result<Vec<Seen>> {
+    let mut seen = Vec::new();
+    let deadline = loop {
+        match w.rtc.poll_output()? {
+            Output::Timeout(t) => break t,
+            Output::Transmit(t) => {
+                let _ = w.sock.send(&t.contents).await;
+            }
+            Output::Event(Event::MediaData(_)) => {
+                let t = Instant::now();
+                let leg = &mut w.leg;
+                leg.first_frame.get_or_insert(t);
+                if let Some(prev) = leg.last_frame {
+                    let d = t.saturating_duration_since(prev);
+                    leg.longest_interval = leg.longest_interval.max(d);
+                    if d > Duration::from_millis(100) && leg.stalls.len() < 10_000 {
+                        leg.stalls.push((t, d));
+                    }
+                }
+                leg.last_frame = Some(t);
+                leg.frames += 1;
+                seen.push(Seen::Frame);
+            }
+            Output::Event(Event::IceConnectionStateChange(IceConnectionState::Disconnected)) => {
+                bail!("ICE disconnected")
+            }
+            Output::Event(Event::ChannelOpen(id, label)) if label == "controls" => {
+                w.channel = Some(id)
+            }
+            Output::Event(Event::ChannelData(d)) => {
+                if let Ok(v) = serde_json::from_slice::<Value>(&d.data) {
+                    seen.push(Seen::Message(v));
+                }
+            }
+            Output::Event(_) => {}
+        }
+    };
+    let wake = wake.min(deadline);
+    let input = tokio::select! {
+        r = w.sock.recv(buf) => match r {
+            Ok(n) => {
+                w.leg.datagrams += 1;
+                Some(Input::Receive(Instant::now(), Receive {
+                    proto: Protocol::Udp,
+                    source: w.server,
+                    destination: w.local,
+                    contents: buf[..n].try_into()?,
+                }))
+            }
+            // An ICMP port unreachable from a dead node.
+            Err(e) => bail!("media socket: {e}"),
+        },
+        _ = tokio::time::sleep_until(wake.into()) => Some(Input::Timeout(Instant::now())),
+        ev = w.signal.next_json() => {
+            let ev = ev?;
+            if ev["type"] == "disconnected" {
+                bail!("the node ended the media session: {}", ev["reason"]);
+            }
+            seen.push(Seen::Signal(ev));
+            None
+        }
+    };
+    if let Some(i) = input {
+        w.rtc.handle_input(i)?;
+    }
+    Ok(seen)
+}
+
+/// Asks for a keyframe when frames stalled (as a browser does on a decode error), or when the
+/// leg's first frame is late.
+fn keyframe_if_stalled(w: &mut Wired, now: Instant, last_pli: &mut Option<Instant>) {
+    let stalled = match w.leg.last_frame {
+        Some(t) => now.saturating_duration_since(t) > STALL,
+        None => now.saturating_duration_since(w.leg.joined) > STALL,
+    };
+    if stalled && last_pli.is_none_or(|t| now.saturating_duration_since(t) > PLI_EVERY) {
+        if let Some(mut wr) = w.rtc.writer(w.mid) {
+            if wr.request_keyframe(None, KeyframeRequestKind::Pli).is_ok() {
+                *last_pli = Some(now);
+                w.leg.keyframe_requests += 1;
+            }
+        }
+    }
+}
+
+/// The next leg of a move, joined and connected beside the current one until its first
+/// frame. Room messages it gets meanwhile are kept for when it takes over.
+async fn warm_up(opts: PlayerOptions, base: String, join: Value) -> anyhow::Result<Wired> {
+    // Tried again a few times: the target may not yet have seen the drain (it then sends the
+    // player back), or the room's device not yet arrived there.
+    let mut attempt = 0;
+    let n = loop {
+        attempt += 1;
+        match negotiate(&opts, &base, join.clone()).await {
+            Ok(n) => break n,
+            Err(_) if attempt < 10 => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(JoinFailure::NoTrack(why)) => bail!("{why}"),
+            Err(JoinFailure::Node(e)) => return Err(e),
+        }
+    };
+    let mut w = wire(n, &opts)?;
+    let by = Instant::now() + Duration::from_secs(10);
+    let mut buf = vec![0u8; 2048];
+    let mut last_pli = None;
+    while w.leg.first_frame.is_none() {
+        let now = Instant::now();
+        if now > by {
+            bail!("no media from {base} within 10 s of joining");
+        }
+        keyframe_if_stalled(&mut w, now, &mut last_pli);
+        for s in turn(&mut w, now + Duration::from_millis(20), &mut buf).await? {
+            if let Seen::Message(v) = s {
+                w.early.push(v);
+            }
+        }
+    }
+    Ok(w)
+}
+
+/// A room message or acknowledgement on the controls channel.
+fn on_message(v: &Value, opts: &PlayerOptions, carry: &mut Carry, report: &mut PlayerReport) {
+    if let (Some(id), Some(seq)) = (v["ack"].as_u64(), v["seq"].as_u64()) {
+        carry.unacked.remove(&id);
+        carry.first_ack_seq.get_or_insert(seq);
+        match report.acks.get(&id) {
+            Some(&s) if s != seq => report.conflicting_acks += 1,
+            Some(_) => {}
+            None => {
+                report.acks.insert(id, seq);
+                if let Some(p) = &opts.progress {
+                    p.acks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    } else if let Some(seq) = v["seq"].as_u64() {
+        carry.last_seq = Some(carry.last_seq.map_or(seq, |s| s.max(seq)));
+    }
+}
+
+/// One leg: watch and send until the run ends, a move's next leg has media (its make-before-
+/// break hand-over), or the relay fails (Err, with why). What the leg saw is in `w.leg`.
 async fn run_leg(
-    n: Negotiated,
+    w: &mut Wired,
     opts: &PlayerOptions,
     carry: &mut Carry,
-    leg: &mut Leg,
     report: &mut PlayerReport,
     end: Instant,
-) -> anyhow::Result<()> {
-    let Negotiated {
-        mut signal,
-        mut rtc,
-        mid,
-        pending,
-        answer,
-    } = n;
-    let sdp = answer.as_str();
-    let server = server_udp(sdp).ok_or_else(|| anyhow!("the answer has no UDP candidate"))?;
-    rtc.sdp_api()
-        .accept_answer(pending, SdpAnswer::from_sdp_string(sdp)?)?;
-    let bind = SocketAddr::new(
-        opts.local.unwrap_or(if server.is_ipv6() {
-            IpAddr::from([0u16; 8])
-        } else {
-            IpAddr::from([0u8; 4])
-        }),
-        0,
-    );
-    let sock = UdpSocket::bind(bind).await?;
-    sock.connect(server).await?;
-    let local = sock.local_addr()?;
-    rtc.add_local_candidate(Candidate::host(local, "udp")?);
-    let mut channel: Option<ChannelId> = None;
+    failed: &BTreeSet<String>,
+) -> anyhow::Result<LegEnd> {
+    for v in std::mem::take(&mut w.early) {
+        on_message(&v, opts, carry, report);
+    }
     // Controls that were sent but not acknowledged go again first, with their ids.
     let mut resend: Vec<u64> = carry.unacked.keys().copied().collect();
     let mut buf = vec![0u8; 2048];
     let mut stop = opts.stop.clone();
     let connect_by = Instant::now() + Duration::from_secs(10);
     let mut last_pli: Option<Instant> = None;
-    loop {
+    let mut next: Option<tokio::task::JoinHandle<anyhow::Result<Wired>>> = None;
+    let mut moved_to: BTreeSet<String> = BTreeSet::new();
+    let result = loop {
         let now = Instant::now();
         if now >= end {
-            return Ok(());
+            break Ok(LegEnd::Done);
         }
         if opts.done_after_frames > 0
-            && leg.frames >= opts.done_after_frames
+            && w.leg.frames >= opts.done_after_frames
             && carry.next_id > opts.controls
             && carry.unacked.is_empty()
         {
-            return Ok(());
+            break Ok(LegEnd::Done);
         }
-        match leg.last_frame {
+        match w.leg.last_frame {
             Some(t) if now.saturating_duration_since(t) > opts.silence => {
-                bail!("media silent for {} ms", opts.silence.as_millis())
+                break Err(anyhow!("media silent for {} ms", opts.silence.as_millis()))
             }
-            None if now > connect_by => bail!("no media within 10 s of joining"),
+            None if now > connect_by => break Err(anyhow!("no media within 10 s of joining")),
             _ => {}
         }
-        // Frames stopped while the relay still talks: a frame was lost past repair, and the
-        // decoder needs a keyframe (as a browser asks on a decode error). Also asked when the
-        // leg's first frame is late.
-        let stalled = match leg.last_frame {
-            Some(t) => now.saturating_duration_since(t) > STALL,
-            None => now.saturating_duration_since(leg.joined) > STALL,
-        };
-        if stalled && last_pli.is_none_or(|t| now.saturating_duration_since(t) > PLI_EVERY) {
-            if let Some(mut w) = rtc.writer(mid) {
-                if w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok() {
-                    last_pli = Some(now);
-                    leg.keyframe_requests += 1;
-                }
-            }
-        }
+        keyframe_if_stalled(w, now, &mut last_pli);
         // Controls: the resends, then new ones on schedule, once media flows.
-        if let (Some(ch), Some(_)) = (channel, leg.first_frame) {
-            if let Some(mut c) = rtc.channel(ch) {
+        if let (Some(ch), Some(_)) = (w.channel, w.leg.first_frame) {
+            if let Some(mut c) = w.rtc.channel(ch) {
                 while let Some(id) = resend.first().copied() {
                     let Some(text) = carry.unacked.get(&id) else {
                         resend.remove(0);
@@ -463,95 +701,70 @@ async fn run_leg(
                 }
             }
         }
-        let deadline = loop {
-            match rtc.poll_output()? {
-                Output::Timeout(t) => break t,
-                Output::Transmit(t) => {
-                    let _ = sock.send(&t.contents).await;
-                }
-                Output::Event(Event::MediaData(_)) => {
-                    let t = Instant::now();
-                    leg.first_frame.get_or_insert(t);
-                    if let Some(prev) = leg.last_frame {
-                        let d = t.saturating_duration_since(prev);
-                        leg.longest_interval = leg.longest_interval.max(d);
-                        if d > Duration::from_millis(100) && leg.stalls.len() < 10_000 {
-                            leg.stalls.push((t, d));
-                        }
-                    }
-                    leg.last_frame = Some(t);
-                    leg.frames += 1;
-                    if let Some(p) = &opts.progress {
-                        p.frames.fetch_add(1, Ordering::Relaxed);
-                        p.leg_frames.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Output::Event(Event::IceConnectionStateChange(
-                    IceConnectionState::Disconnected,
-                )) => {
-                    bail!("ICE disconnected")
-                }
-                Output::Event(Event::ChannelOpen(id, label)) if label == "controls" => {
-                    channel = Some(id)
-                }
-                Output::Event(Event::ChannelData(d)) => {
-                    let Ok(v) = serde_json::from_slice::<Value>(&d.data) else {
-                        continue;
-                    };
-                    if let (Some(id), Some(seq)) = (v["ack"].as_u64(), v["seq"].as_u64()) {
-                        carry.unacked.remove(&id);
-                        carry.first_ack_seq.get_or_insert(seq);
-                        match report.acks.get(&id) {
-                            Some(&s) if s != seq => report.conflicting_acks += 1,
-                            Some(_) => {}
-                            None => {
-                                report.acks.insert(id, seq);
-                                if let Some(p) = &opts.progress {
-                                    p.acks.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                        }
-                    } else if let Some(seq) = v["seq"].as_u64() {
-                        carry.last_seq = Some(carry.last_seq.map_or(seq, |s| s.max(seq)));
-                    }
-                }
-                Output::Event(_) => {}
-            }
-        };
-        let mut wake = deadline.min(now + Duration::from_millis(20));
+        let mut wake = now + Duration::from_millis(20);
         if let Some(t) = carry.next_control {
             wake = wake.min(t.max(now));
         }
-        let input = tokio::select! {
-            r = sock.recv(&mut buf) => match r {
-                Ok(n) => Some({ leg.datagrams += 1; Input::Receive(Instant::now(), Receive {
-                    proto: Protocol::Udp,
-                    source: server,
-                    destination: local,
-                    contents: buf[..n].try_into()?,
-                })}),
-                // An ICMP port unreachable from a dead node.
-                Err(e) => bail!("media socket: {e}"),
-            },
-            _ = tokio::time::sleep_until(wake.into()) => Some(Input::Timeout(Instant::now())),
-            ev = signal.next_json() => {
-                let ev = ev?;
-                if ev["type"] == "disconnected" {
-                    bail!("the node ended the media session: {}", ev["reason"]);
+        let seen = tokio::select! {
+            r = turn(w, wake, &mut buf) => r,
+            done = async { next.as_mut().expect("guarded").await }, if next.is_some() => {
+                next = None;
+                match done {
+                    Ok(Ok(n)) => break Ok(LegEnd::Moved(Box::new(n))),
+                    // The target could not take the player: stay until this node closes.
+                    Ok(Err(e)) => {
+                        report.join_errors.push(format!("move: {e:#}"));
+                        report.join_errors.truncate(15);
+                    }
+                    Err(e) => report.join_errors.push(format!("move: {e}")),
                 }
-                None
+                continue;
             }
             _ = async {
                 match stop.as_mut() {
                     Some(s) => { let _ = s.wait_for(|v| *v).await; }
                     None => std::future::pending().await,
                 }
-            } => return Ok(()),
+            } => break Ok(LegEnd::Done),
         };
-        if let Some(i) = input {
-            rtc.handle_input(i)?;
+        let seen = match seen {
+            Ok(s) => s,
+            Err(e) => break Err(e),
+        };
+        for s in seen {
+            match s {
+                Seen::Frame => {
+                    if let Some(p) = &opts.progress {
+                        p.frames.fetch_add(1, Ordering::Relaxed);
+                        p.leg_frames.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Seen::Message(v) => on_message(&v, opts, carry, report),
+                Seen::Signal(ev) if ev["type"] == "move" && next.is_none() => {
+                    // The node drains: join the target beside this leg, switch once its
+                    // media flows.
+                    let Some(base) = ev["url"]
+                        .as_str()
+                        .and_then(|u| super::signal::http_base(u).ok())
+                    else {
+                        continue;
+                    };
+                    if !moved_to.insert(base.clone()) {
+                        continue;
+                    }
+                    let mut f = failed.clone();
+                    f.insert(w.leg.node.clone());
+                    let join = join_message(opts, carry, &f);
+                    next = Some(tokio::spawn(warm_up(opts.clone(), base, join)));
+                }
+                Seen::Signal(_) => {}
+            }
         }
+    };
+    if let Some(n) = next {
+        n.abort();
     }
+    result
 }
 
 #[cfg(test)]

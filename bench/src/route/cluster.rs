@@ -89,6 +89,24 @@ impl Region {
         }
     }
 
+    /// SIGTERM: the node drains (it tells its sessions where to go and exits once they left,
+    /// or at its 15 s drain deadline).
+    pub fn terminate(&self) {
+        if self.child.is_some() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(self.pid, libc::SIGTERM);
+            }
+        }
+    }
+
+    /// Whether the node has exited (then it is reaped, with its status).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     /// Starts (or restarts) the node and waits for its ready file.
     pub fn start(&mut self, bin: &FsPath) -> anyhow::Result<()> {
         self.kill();
@@ -239,7 +257,7 @@ impl Cluster {
                 format!(
                     "[node]\nname = \"{id}\"\n[log]\nlevel = \"{level}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
                      [turn]\nudp = [\"{node_ip}:{turn}\"]\ntcp = []\n\
-                     [auth]\nrest_secrets = [\"bench-rest-secret\"]\n[drain]\ndeadline_secs = 1\n\
+                     [auth]\nrest_secrets = [\"bench-rest-secret\"]\n[drain]\ndeadline_secs = 15\n\
                      [signaling]\nlisten = \"{node_ip}:{http}\"\n\
                      api_keys = [{{ key = \"{API_KEY}\", secret = \"{API_SECRET}\" }}]\nmessages_per_sec = 1000\nmessage_burst = 1000\n\
                      [sfu]\nudp = \"{node_ip}:{sfu}\"\ntcp = []\npublic_ip = \"{public_ip}\"\n{sfu_extra}\n\

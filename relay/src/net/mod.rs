@@ -21,6 +21,8 @@ pub mod trunk;
 mod worker;
 
 pub use admin::StatusBoard;
-pub use node::{run, Alternate, Attach, AttachContext, RunOptions, SessionCount, TlsReload};
+pub use node::{
+    run, Alternate, Attach, AttachContext, DrainHook, RunOptions, SessionCount, TlsReload,
+};
 pub use sfu::{Gone, Session, SfuHandle, SfuNode};
 pub use tls::ReloadableTls;

@@ -46,7 +46,13 @@ pub struct AttachContext {
     /// How many client sessions the services hold (signaling: WebSocket, WHIP, WHEP), set by
     /// them: a drain waits for these as well as for TURN allocations.
     pub sessions: SessionCount,
+    /// Called once when the drain starts (`ready` is false by then), with the drain deadline:
+    /// a service tells its sessions where to go.
+    pub on_drain: DrainHook,
 }
+
+/// Told when the drain starts, with its deadline.
+pub type DrainHook = Arc<std::sync::OnceLock<Box<dyn Fn(Duration) + Send + Sync>>>;
 
 /// Counts the client sessions a service holds.
 pub type SessionCount = Arc<std::sync::OnceLock<Box<dyn Fn() -> usize + Send + Sync>>>;
@@ -339,6 +345,7 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
         });
         let alternate_slot: Alternate = Arc::default();
         let service_sessions: SessionCount = Arc::default();
+        let drain_hook: DrainHook = Arc::default();
         let services = match attach {
             Some(attach) => attach(AttachContext {
                 tls_reload: tls_reload.clone(),
@@ -350,6 +357,7 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
                 ready: ready.clone(),
                 alternate: alternate_slot.clone(),
                 sessions: service_sessions.clone(),
+                on_drain: drain_hook.clone(),
             })
             .await
             .map_err(NodeError::Service)?,
@@ -376,10 +384,14 @@ pub fn run(config: Config, mut opts: RunOptions) -> Result<(), NodeError> {
         for c in &controls {
             let _ = c.send(Control::Drain(alternate));
         }
+        let deadline = Duration::from_secs(config.drain.deadline_secs);
+        if let Some(tell) = drain_hook.get() {
+            tell(deadline);
+        }
         drain(
             &shared.ledger,
             &service_sessions,
-            Duration::from_secs(config.drain.deadline_secs),
+            deadline,
         )
         .await;
         Ok(())
