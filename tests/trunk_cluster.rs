@@ -209,6 +209,24 @@ async fn players_on_another_node_watch_a_device_over_the_trunk() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The first session of the room on B (nothing mirrored there yet) joins once the home's
+    // room state came: its `joined` lists the device's video track, so a subscription sent
+    // right behind the join finds it.
+    let first = Signal::join(
+        &format!("http://{hb}"),
+        &token("kim", "den", Role::Player),
+        None,
+    )
+    .await
+    .expect("kim joins on B");
+    assert!(
+        first.joined["tracks"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["kind"] == "video")),
+        "the first edge session's joined lists no remote track: {}",
+        first.joined
+    );
+    drop(first);
     let sfu_b = b.ready.sfu_udp.unwrap();
     const CONTROLS: u64 = 200;
     // While they watch, the room list shows the device's cross-region viewers' node.

@@ -404,19 +404,45 @@ async fn start_players(
     })
     .await;
     if all.is_err() {
-        let slow = out
+        let slow: Vec<&Running> = out
             .iter()
             .filter(|p| {
                 p.progress.leg_frames.load(Ordering::Relaxed) < 15
                     || p.progress.acks.load(Ordering::Relaxed) < 3
             })
-            .count();
+            .collect();
         bail!(
-            "{slow} of {} players did not get media and acknowledged controls within 30 s",
-            out.len()
+            "{} of {} players did not get media and acknowledged controls within 30 s; {}",
+            slow.len(),
+            out.len(),
+            stuck(&slow)
         );
     }
     Ok(out)
+}
+
+/// Why the first few stuck players are stuck: frames, acknowledgements, legs, last error.
+fn stuck(players: &[&Running]) -> String {
+    players
+        .iter()
+        .take(4)
+        .map(|p| {
+            let g = &p.progress;
+            format!(
+                "{}: {} frames in leg {}, {} acked, last: {}",
+                p.identity,
+                g.leg_frames.load(Ordering::Relaxed),
+                g.legs.load(Ordering::Relaxed),
+                g.acks.load(Ordering::Relaxed),
+                g.last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_deref()
+                    .unwrap_or("none")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Stops the players and checks their controls against what the devices printed.
@@ -505,6 +531,13 @@ async fn kill_rep(
     .await
     .ok()
     .map(|()| t0.elapsed());
+    if recovered.is_none() {
+        let slow: Vec<&Running> = affected.iter().map(|&i| &players[i]).collect();
+        eprintln!(
+            "{tag}: not every player recovered in 20 s: {}",
+            stuck(&slow)
+        );
+    }
     // A little steady state after, for the controls sent across the re-home to settle.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut rep = Rep {

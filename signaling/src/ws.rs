@@ -21,6 +21,10 @@ use crate::token::Role;
 /// Redirects a join may have taken before this node serves or refuses it.
 const MAX_REDIRECTS: u32 = 3;
 
+/// How long an edge session waits for its room's state from the home before it joins
+/// without it (a trunk round trip, normally).
+const EDGE_MIRROR_WAIT: Duration = Duration::from_secs(2);
+
 /// Rate-limit violations in a row after which the connection is closed.
 const MAX_VIOLATIONS: u32 = 200;
 
@@ -264,6 +268,14 @@ pub async fn session(
         Role::Player => SfuRole::Player,
         Role::Viewer => SfuRole::Viewer,
     };
+    // An edge session joins once the room's devices and tracks are mirrored here: its
+    // `joined` lists them and a subscription right behind the join finds them.
+    if let Some(e) = edge.as_mut() {
+        if !e.mirrored(EDGE_MIRROR_WAIT).await {
+            metrics::counter!("meridian_trunk_edge_mirror_timeouts_total").increment(1);
+            tracing::debug!(%peer, room = %claims.room, "the room's home sent no room state in time; joining without it");
+        }
+    }
     let edge_home = if edge.is_some() { remote_home } else { None };
     let Ok(mut session) = st
         .sfu

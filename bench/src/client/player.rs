@@ -64,6 +64,14 @@ pub struct Progress {
     pub leg_frames: AtomicU64,
     pub frames: AtomicU64,
     pub acks: AtomicU64,
+    /// The latest join error or leg end, for a bench to say why a player is stuck.
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Progress {
+    fn note(&self, why: &str) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
+    }
 }
 
 /// One connection to one node.
@@ -195,6 +203,7 @@ pub async fn run(opts: PlayerOptions) -> PlayerReport {
                     Ok(n) => match wire(n, &opts) {
                         Ok(w) => w,
                         Err(e) => {
+                            note(&opts, &format!("{base}: {e:#}"));
                             report.join_errors.push(format!("{base}: {e:#}"));
                             report.failed_joins += 1;
                             report.join_errors.truncate(15);
@@ -205,12 +214,14 @@ pub async fn run(opts: PlayerOptions) -> PlayerReport {
                     Err(JoinFailure::NoTrack(why)) => {
                         // Joined, but the device's track is not there (yet): not the node's
                         // fault.
+                        note(&opts, &why);
                         report.join_errors.push(why);
                         report.join_errors.truncate(15);
                         tokio::time::sleep(RETRY_PAUSE).await;
                         continue;
                     }
                     Err(JoinFailure::Node(e)) => {
+                        note(&opts, &format!("{base}: {e:#}"));
                         report.join_errors.push(format!("{base}: {e:#}"));
                         report.failed_joins += 1;
                         report.join_errors.truncate(15);
@@ -236,6 +247,7 @@ pub async fn run(opts: PlayerOptions) -> PlayerReport {
             Ok(LegEnd::Moved(w)) => format!("moved to {}", w.leg.node),
             Err(e) => format!("{e:#}"),
         };
+        note(&opts, &format!("{node}: leg ended: {}", leg.ended));
         let r = match r {
             Ok(LegEnd::Moved(w)) => {
                 // Make-before-break: the old leg ran until the new one had media.
@@ -276,6 +288,12 @@ pub async fn run(opts: PlayerOptions) -> PlayerReport {
     // A failure after which media never came back.
     report.unrecovered = u64::from(pending_gap);
     report
+}
+
+fn note(opts: &PlayerOptions, why: &str) {
+    if let Some(p) = &opts.progress {
+        p.note(why);
+    }
 }
 
 fn mark_failed(failed: &mut BTreeSet<String>, known: &[Known], base: &str) {

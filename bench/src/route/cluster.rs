@@ -263,7 +263,8 @@ impl Cluster {
                      [sfu]\nudp = \"{node_ip}:{sfu}\"\ntcp = []\npublic_ip = \"{public_ip}\"\n{sfu_extra}\n\
                      [cluster]\nregion = \"{name}\"\ndirectory = \"{redis}\"\nkey_prefix = \"bench\"\n\
                      public_signaling_url = \"http://{public_ip}:{http}\"\npublic_stun = [\"{public_ip}:{turn}\"]\n{extra}\n{trunk_toml}",
-                    level = spec.log_level,
+                    // MERIDIAN_BENCH_LOG overrides the nodes' log level (e.g. for a failing run).
+                    level = std::env::var("MERIDIAN_BENCH_LOG").unwrap_or(spec.log_level.clone()),
                     redis = redis.url(),
                 ),
             )?;

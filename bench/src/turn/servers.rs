@@ -34,6 +34,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // MERIDIAN_BENCH_KEEP=1 keeps the servers' configs and logs for a look afterwards.
+        if std::env::var_os("MERIDIAN_BENCH_KEEP").is_some_and(|v| v == "1") {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -73,8 +73,15 @@ impl Link {
 
 enum Cmd {
     Shard(TrunkOutput),
-    Watch { room: String, home: String },
-    Unwatch { room: String },
+    Watch {
+        room: String,
+        home: String,
+        /// Told once the room's state from its home is mirrored here.
+        mirrored: tokio::sync::oneshot::Sender<()>,
+    },
+    Unwatch {
+        room: String,
+    },
 }
 
 /// Signaling's handle on the trunk: edge rooms are watched through it.
@@ -89,6 +96,19 @@ pub struct TrunkHandle {
 pub struct EdgeGuard {
     room: String,
     driver: mpsc::UnboundedSender<Cmd>,
+    mirrored: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl EdgeGuard {
+    /// Waits (at most `limit`) until the room's devices and tracks from its home are mirrored
+    /// here, so that a session joining an edge sees them (and can subscribe) at once; true
+    /// once they are. Immediate when another session of the room already brought them.
+    pub async fn mirrored(&mut self, limit: Duration) -> bool {
+        let Some(rx) = self.mirrored.take() else {
+            return true;
+        };
+        matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(())))
+    }
 }
 
 impl Drop for EdgeGuard {
@@ -102,13 +122,16 @@ impl Drop for EdgeGuard {
 impl TrunkHandle {
     /// A session of `room` (homed on `home`) is served here.
     pub fn watch(&self, room: &str, home: &str) -> EdgeGuard {
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let _ = self.driver.send(Cmd::Watch {
             room: room.to_string(),
             home: home.to_string(),
+            mirrored: tx,
         });
         EdgeGuard {
             room: room.to_string(),
             driver: self.driver.clone(),
+            mirrored: Some(rx),
         }
     }
 
@@ -121,6 +144,10 @@ impl TrunkHandle {
 struct Edge {
     home: String,
     watchers: usize,
+    /// The home's room state has been mirrored here (at least once).
+    mirrored: bool,
+    /// Sessions waiting for that.
+    waiting: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 struct Driver {
@@ -390,12 +417,23 @@ impl Driver {
                     self.send(&t, msg.clone());
                 }
             }
-            Cmd::Watch { room, home } => {
+            Cmd::Watch {
+                room,
+                home,
+                mirrored,
+            } => {
                 let e = self.edges.entry(room.clone()).or_insert(Edge {
                     home: home.clone(),
                     watchers: 0,
+                    mirrored: false,
+                    waiting: Vec::new(),
                 });
                 e.watchers += 1;
+                if e.mirrored {
+                    let _ = mirrored.send(());
+                } else {
+                    e.waiting.push(mirrored);
+                }
                 if e.watchers == 1 {
                     e.home = home.clone();
                     self.send(&home, Msg::Watch { room });
@@ -900,6 +938,12 @@ impl Driver {
         else {
             return;
         };
+        if let Some(e) = self.edges.get_mut(room) {
+            e.mirrored = true;
+            for w in e.waiting.drain(..) {
+                let _ = w.send(());
+            }
+        }
         self.local.retain(|k, _| k.room != room);
         for (orig, local) in mapped {
             self.local.insert(TrackKey::new(room, &orig), local);
