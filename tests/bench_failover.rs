@@ -2,7 +2,8 @@
 //! nodes behind delay shims with the trunk between them, a device on eu and re-homing players
 //! nearest us and ap. Its JSON report must show, for the kill drill, the killed node detected,
 //! every player that was on it recovered on another region with a measured gap, and for the
-//! directory drill nobody re-homed; in both, every acknowledged control reached the device
+//! partition drill every player behind it recovered elsewhere, and for the
+//! directory drill nobody re-homed; in every drill, every acknowledged control reached the device
 //! exactly once. Its SVG plot is written; a bad drill name is refused.
 
 use std::process::Command;
@@ -16,7 +17,15 @@ fn failover_drills_recover_every_session_and_lose_no_control() {
     let plot = dir.join("gaps.svg");
     let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(["bench", "failover", "--players", "4", "--devices", "1"])
-        .args(["--repeat", "2", "--outage-secs", "2", "--json", "--plot"])
+        .args([
+            "--repeat",
+            "2",
+            "--outage-secs",
+            "2",
+            "--partition-secs",
+            "4",
+        ])
+        .args(["--json", "--plot"])
         .arg(&plot)
         .output()
         .expect("run meridian bench failover");
@@ -27,7 +36,7 @@ fn failover_drills_recover_every_session_and_lose_no_control() {
     );
     let r: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
     let drills = r["drills"].as_array().expect("drills");
-    assert_eq!(drills.len(), 3, "{r}");
+    assert_eq!(drills.len(), 4, "{r}");
     for d in drills {
         assert!(d["acked"].as_u64().unwrap() > 0, "{d}");
         assert_eq!(d["acked_lost"], 0, "an acknowledged control was lost: {d}");
@@ -72,7 +81,22 @@ fn failover_drills_recover_every_session_and_lose_no_control() {
         .map(|x| x["gaps_ms"].as_array().unwrap().len())
         .sum::<usize>();
     assert_eq!(gaps, 4, "one gap per moved player: {drain}");
-    let directory = &drills[2];
+    // The partition: us's players notice the silence and re-home, each with one measured gap.
+    let partition = &drills[2];
+    assert_eq!(partition["drill"], "partition");
+    assert_eq!(partition["affected"], 4, "{partition}");
+    assert_eq!(
+        partition["recovered"], 4,
+        "every player behind the partition got media back elsewhere: {partition}"
+    );
+    let gaps = partition["reps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["gaps_ms"].as_array().unwrap().len())
+        .sum::<usize>();
+    assert_eq!(gaps, 4, "{partition}");
+    let directory = &drills[3];
     assert_eq!(directory["drill"], "directory");
     assert_eq!(
         directory["rehomed"], 0,
@@ -84,6 +108,7 @@ fn failover_drills_recover_every_session_and_lose_no_control() {
         svg.starts_with("<svg")
             && svg.contains("kill (n=4")
             && svg.contains("drain (n=4")
+            && svg.contains("partition (n=4")
             && svg.contains("directory (n=8"),
         "{svg}"
     );
@@ -96,7 +121,8 @@ fn failover_drills_recover_every_session_and_lose_no_control() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
-        err.contains("unknown drill \"meteor\"") && err.contains("kill, drain, directory"),
+        err.contains("unknown drill \"meteor\"")
+            && err.contains("kill, drain, partition, directory"),
         "{err}"
     );
 }

@@ -605,3 +605,111 @@ async fn a_device_whose_node_is_killed_republishes_and_is_watched_again() {
     drop(b);
     drop(c);
 }
+
+/// Where `http`'s `GET /v1/rooms` lists each device: identity → the nodes it is listed on.
+async fn device_nodes(
+    http: std::net::SocketAddr,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let (_, body) = common::http_get_async(http, "/v1/rooms").await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for d in v["devices"].as_array().into_iter().flatten() {
+        if let (Some(who), Some(node)) = (d["device"].as_str(), d["node"].as_str()) {
+            out.entry(who.into()).or_default().push(node.into());
+        }
+    }
+    out
+}
+
+/// A directory outage splits a room: while Redis is down a device of room `den` joins node-b
+/// and another joins node-a, and neither node can tell the other, so each becomes the room's
+/// home and serves its own device. Once Redis is back both claims are in every view, which
+/// resolves the room to node-a (the lowest id); node-b counts the split once and tells its
+/// device to move there, and the room has one home again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_homed_on_two_nodes_during_a_directory_outage_ends_on_one() {
+    let mut redis = RedisServer::start();
+    let dir = TempDir::new("split-home");
+    let ca = pki(&dir.path().join("pki"), &["node-a", "node-b"]);
+    let ca = ca.parent().unwrap();
+    let a = start_trunk_node(&redis, ca, "node-a", "eu", "");
+    let b = start_trunk_node(&redis, ca, "node-b", "us", "");
+    let (ha, hb) = (a.ready.http.unwrap(), b.ready.http.unwrap());
+    // Each knows the other before the outage.
+    for h in [ha, hb] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, body) = common::http_get_async(h, "/v1/regions").await.unwrap();
+            if body.contains("\"eu\"") && body.contains("\"us\"") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{h} never listed both regions: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    redis.stop();
+    for node in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, body) = common::http_get_async(node.admin(), "/readyz")
+                .await
+                .unwrap();
+            if body.contains("UNREACHABLE") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node never reported the directory unreachable: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (out_a, out_b) = (dir.path().join("rig-a.out"), dir.path().join("rig-b.out"));
+    let _rig_b = spawn_device(hb, "den", "rig-b", 120, &out_b);
+    let _rig_a = spawn_device(ha, "den", "rig-a", 120, &out_a);
+    // Split: each node serves its own device of the room.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (on_a, on_b) = (device_nodes(ha).await, device_nodes(hb).await);
+        if on_a.get("rig-a") == Some(&vec!["node-a".to_string()])
+            && on_b.get("rig-b") == Some(&vec!["node-b".to_string()])
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "each node should serve its own device during the outage: a {on_a:?}, b {on_b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(redis.restart(), "redis-server restarts");
+    // One home again: both devices on node-a, as both nodes list them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let want: std::collections::BTreeMap<String, Vec<String>> = [
+        ("rig-a".to_string(), vec!["node-a".to_string()]),
+        ("rig-b".to_string(), vec!["node-a".to_string()]),
+    ]
+    .into();
+    loop {
+        let (on_a, on_b) = (device_nodes(ha).await, device_nodes(hb).await);
+        if on_a == want && on_b == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the split room never came back to node-a alone: a {on_a:?}, b {on_b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ma, mb) = (
+        common::cluster::metrics(&a).await,
+        common::cluster::metrics(&b).await,
+    );
+    use common::cluster::metric;
+    assert_eq!(metric(&mb, "meridian_room_splits_total", &[]), 1.0, "{mb}");
+    assert_eq!(metric(&mb, "meridian_room_split_moves_total", &[]), 1.0);
+    assert_eq!(metric(&ma, "meridian_room_splits_total", &[]), 0.0);
+}

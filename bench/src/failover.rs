@@ -6,6 +6,10 @@
 //! - `kill`: SIGKILL of node us, the players' nearest for half of them. Detection is the time
 //!   until the surviving nodes' directory drops it; each affected player's media gap is from
 //!   its last frame before to its first frame after the re-home, at the player.
+//! - `partition`: the shims cut us off from its clients and the other regions for N seconds
+//!   (the directory still reaches it, so it stays listed): its players' media stops without
+//!   their connections closing. Detection is until each affected player gave up its leg
+//!   there; the gap and recovery are as in `kill`.
 //! - `directory`: Redis stops for N seconds and comes back. Nobody should re-home; the media
 //!   gap is each player's longest time between frames over the run.
 //!
@@ -30,12 +34,12 @@ use crate::client::signal::http_get_json;
 use crate::route::cluster::{group_ip, mint, regions_listed, wait_until, Cluster, Spec};
 
 /// The drills this bench runs.
-pub const DRILLS: [&str; 3] = ["kill", "drain", "directory"];
+pub const DRILLS: [&str; 4] = ["kill", "drain", "partition", "directory"];
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct FailoverArgs {
-    /// Drills to run, comma-separated: kill, directory.
-    #[arg(long, value_delimiter = ',', default_values_t = ["kill".to_string(), "drain".to_string(), "directory".to_string()])]
+    /// Drills to run, comma-separated: kill, drain, partition, directory.
+    #[arg(long, value_delimiter = ',', default_values_t = DRILLS.map(String::from))]
     pub drills: Vec<String>,
     /// Players (half nearest us, half nearest ap), fresh for every repetition.
     #[arg(long, default_value_t = 50)]
@@ -49,6 +53,9 @@ pub struct FailoverArgs {
     /// How long Redis stays stopped in the directory drill, seconds.
     #[arg(long, default_value_t = 30)]
     pub outage_secs: u64,
+    /// How long the partition drill keeps us cut off, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub partition_secs: u64,
     /// One controls message per player this often, ms.
     #[arg(long, default_value_t = 50)]
     pub control_every_ms: u64,
@@ -124,6 +131,7 @@ pub struct FailoverReport {
     pub devices: usize,
     pub repeat: usize,
     pub outage_secs: u64,
+    pub partition_secs: u64,
     pub drills: Vec<Drill>,
 }
 
@@ -154,6 +162,9 @@ pub fn run(args: FailoverArgs) -> anyhow::Result<()> {
     }
     if !(1..=600).contains(&args.outage_secs) {
         bail!("--outage-secs {}: expected 1..=600", args.outage_secs);
+    }
+    if !(1..=600).contains(&args.partition_secs) {
+        bail!("--partition-secs {}: expected 1..=600", args.partition_secs);
     }
     if !(5..=10_000).contains(&args.control_every_ms) {
         bail!(
@@ -254,6 +265,7 @@ async fn run_async(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
             let rep = match drill.as_str() {
                 "kill" => kill_rep(args, &mut cluster, &known, &printed, &tag).await,
                 "drain" => drain_rep(args, &mut cluster, &known, &printed, &tag).await,
+                "partition" => partition_rep(args, &mut cluster, &known, &printed, &tag).await,
                 _ => directory_rep(args, &mut cluster, &known, &printed, &tag).await,
             }
             .with_context(|| format!("{drill} drill, repetition {}", k + 1))?;
@@ -280,6 +292,7 @@ async fn run_async(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
         devices: args.devices,
         repeat: args.repeat,
         outage_secs: args.outage_secs,
+        partition_secs: args.partition_secs,
         drills,
     })
 }
@@ -383,7 +396,7 @@ async fn start_players(
             controls: u64::MAX,
             control_every: Duration::from_millis(args.control_every_ms),
             silence: Duration::from_secs(1),
-            run_for: Duration::from_secs(args.outage_secs + 120),
+            run_for: Duration::from_secs(args.outage_secs.max(args.partition_secs) + 120),
             stop: Some(stop.clone()),
             done_after_frames: 0,
             local: Some(group_ip(group)),
@@ -552,6 +565,75 @@ async fn kill_rep(
             rep.rehomed += 1;
         }
         if *group == killed {
+            if r.gaps.len() == 1 && r.unrecovered == 0 {
+                rep.recovered += 1;
+            }
+            rep.gaps_ms.extend(r.gaps.iter().map(|g| ms(*g)));
+        }
+    }
+    Ok(rep)
+}
+
+/// The shims cut us (group 1's nearest) off for `--partition-secs`, then heal. Its players'
+/// media and signaling stop without a close; each notices the silence, re-homes on its next
+/// region, and its gap is measured as in `kill`.
+async fn partition_rep(
+    args: &FailoverArgs,
+    cluster: &mut Cluster,
+    known: &[Vec<Known>],
+    printed: &Printed,
+    tag: &str,
+) -> anyhow::Result<Rep> {
+    ensure_all_up(cluster).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let players = start_players(args, known, tag, &stop_rx).await?;
+    let cut = 1;
+    let affected: Vec<usize> = (0..players.len())
+        .filter(|&i| players[i].group == cut)
+        .collect();
+    let t0 = Instant::now();
+    cluster.partition(cut);
+    // Detection: every affected player gave up its leg on the cut node.
+    let detected = wait_until(Duration::from_secs(10), || async {
+        affected
+            .iter()
+            .all(|&i| players[i].progress.ended.load(Ordering::Relaxed) >= 1)
+    })
+    .await
+    .ok()
+    .map(|()| t0.elapsed());
+    let recovered = wait_until(Duration::from_secs(20), || async {
+        affected.iter().all(|&i| {
+            let p = &players[i].progress;
+            p.legs.load(Ordering::Relaxed) >= 2 && p.leg_frames.load(Ordering::Relaxed) >= 5
+        })
+    })
+    .await
+    .ok()
+    .map(|()| t0.elapsed());
+    if recovered.is_none() {
+        let slow: Vec<&Running> = affected.iter().map(|&i| &players[i]).collect();
+        eprintln!(
+            "{tag}: not every player recovered in 20 s: {}",
+            stuck(&slow)
+        );
+    }
+    let held = Duration::from_secs(args.partition_secs);
+    tokio::time::sleep(held.saturating_sub(t0.elapsed())).await;
+    cluster.heal();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut rep = Rep {
+        detection_ms: detected.map(ms),
+        steady_ms: recovered.map(ms),
+        affected: affected.len(),
+        ..Rep::default()
+    };
+    let reports = finish(players, stop_tx, printed, &mut rep).await;
+    for (group, r) in &reports {
+        if r.legs.len() > 1 {
+            rep.rehomed += 1;
+        }
+        if *group == cut {
             if r.gaps.len() == 1 && r.unrecovered == 0 {
                 rep.recovered += 1;
             }
@@ -822,11 +904,14 @@ pub fn markdown(r: &FailoverReport) -> String {
         r.players,
         r.devices,
         r.repeat,
-        if r.drills.iter().any(|d| d.drill == "directory") {
-            format!(", Redis down {} s", r.outage_secs)
-        } else {
-            String::new()
-        }
+        [
+            ("directory", format!(", Redis down {} s", r.outage_secs)),
+            ("partition", format!(", us cut off {} s", r.partition_secs)),
+        ]
+        .into_iter()
+        .filter(|(d, _)| r.drills.iter().any(|x| x.drill == *d))
+        .map(|(_, t)| t)
+        .collect::<String>()
     );
     for d in &r.drills {
         s += &format!(
@@ -858,6 +943,7 @@ pub fn markdown(r: &FailoverReport) -> String {
     s += "\nkill: gap = last frame before → first frame after the re-home, per player on the killed node.\n\
           drain: gap = last frame from the drained node → first from the next, or the longest frame interval in the new\n\
           leg's first second when longer, per player on the drained node (moved make-before-break).\n\
+          partition: gap as in kill, per player on the cut-off node (its media and signaling stop without a close).\n\
           directory: gap = each player's longest time between two frames in the first min(outage, 10 s) of the outage\n\
           (100 when none was over 100 ms); no re-home is expected (one counts as a dropped session).\n";
     s
@@ -967,6 +1053,7 @@ mod tests {
             devices: 1,
             repeat: 2,
             outage_secs: 3,
+            partition_secs: 3,
             drills: vec![d],
         };
         let table = markdown(&r);

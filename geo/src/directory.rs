@@ -2,7 +2,7 @@
 //! in memory, or Redis), and the [`Directory`] runtime that heartbeats this node into it and
 //! keeps the local [`ClusterView`] that requests are answered from.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -541,6 +541,11 @@ impl Directory {
     /// Whether this node is `room`'s home (as it knows itself, before any heartbeat says so).
     pub fn is_home(&self, room: &str) -> bool {
         self.local().is_home(room)
+    }
+
+    /// The rooms this node is the home of, as it knows itself.
+    pub fn homes(&self) -> BTreeSet<String> {
+        self.local().homes().clone()
     }
 
     /// Sessions on this node.

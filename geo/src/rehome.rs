@@ -8,7 +8,9 @@
 //! - a **node** that drains plans where each of its sessions goes with [`plan_drain`]
 //!   (devices first: a room homed here moves to wherever its device goes, and the room's
 //!   players follow it), and a node that sees another die learns what that death orphaned
-//!   with [`orphaned_by`] (rooms whose home it was, and the sessions that will re-home).
+//!   with [`orphaned_by`] (rooms whose home it was, and the sessions that will re-home), and
+//!   a node that homed a room another node homed too while the directory was away learns
+//!   that it gives the room up with [`split_homes`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
@@ -337,6 +339,43 @@ pub fn orphaned_by(
         .collect()
 }
 
+/// A room homed on two nodes at once, as the one that must give it up sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    pub room: String,
+    /// Where every view resolves the room ([`ClusterView::room_home`]): this node's
+    /// sessions of it go there.
+    pub winner: NodeInfo,
+}
+
+/// The rooms this node (`view.me()`) homes, as it knows itself (`homes`), and has published,
+/// that every view resolves to another node: claimed by two nodes while the directory was
+/// unreachable (each served its own sessions), and seen once it is back. The resolution is
+/// the view's, the same on every node (the lowest id among claimants not draining), so only
+/// the losers act. A draining node hands its rooms over by its drain instead, and a room is
+/// judged only once this node's own claim is in the view (so both sides see both claims).
+pub fn split_homes(view: &ClusterView, homes: &BTreeSet<String>) -> Vec<Split> {
+    let me = view.me();
+    let Some(info) = view.node(me) else {
+        return Vec::new();
+    };
+    if info.draining {
+        return Vec::new();
+    }
+    let published = view.rooms(me);
+    homes
+        .iter()
+        .filter(|r| published.is_some_and(|p| p.contains(*r)))
+        .filter_map(|r| {
+            let home = view.room_home(r)?;
+            (home.id != me && !home.draining).then(|| Split {
+                room: r.clone(),
+                winner: home.clone(),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};
@@ -570,6 +609,59 @@ mod tests {
         );
         assert_eq!(plan.moves[0].reason, MoveReason::RoomHome);
         assert!(plan.rooms.is_empty(), "nothing left homed on a: {plan:?}");
+    }
+
+    #[test]
+    fn a_split_home_is_given_up_by_every_claimant_but_the_lowest_id() {
+        let t0 = Instant::now();
+        let homes: BTreeSet<String> = ["den".to_string(), "mine".to_string()].into();
+        // Seen from b: a and b both claim den (the directory was away); mine is b's alone.
+        let mut on_b = Cluster::new("b");
+        on_b.beat(t0, "a", "eu", |u| u.rooms_set = vec!["den".into()]);
+        on_b.beat(t0, "b", "us", |u| {
+            u.rooms_set = vec!["den".into(), "mine".into()]
+        });
+        let s = split_homes(&on_b.view, &homes);
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!((s[0].room.as_str(), s[0].winner.id.as_str()), ("den", "a"));
+        // Seen from a, the same view: a keeps it.
+        let mut on_a = Cluster::new("a");
+        on_a.beat(t0, "a", "eu", |u| u.rooms_set = vec!["den".into()]);
+        on_a.beat(t0, "b", "us", |u| {
+            u.rooms_set = vec!["den".into(), "mine".into()]
+        });
+        let a_homes: BTreeSet<String> = ["den".to_string()].into();
+        assert!(split_homes(&on_a.view, &a_homes).is_empty());
+        // A draining winner is no winner: the room stays on b, which does not drain.
+        on_b.beat(t0, "a", "eu", |u| {
+            u.info.draining = true;
+            u.rooms_set = vec!["den".into()];
+        });
+        assert!(split_homes(&on_b.view, &homes).is_empty());
+        // b draining: its drain hands den over, not this.
+        on_b.beat(t0, "a", "eu", |u| u.rooms_set = vec!["den".into()]);
+        assert_eq!(split_homes(&on_b.view, &homes).len(), 1);
+        on_b.beat(t0, "b", "us", |u| {
+            u.info.draining = true;
+            u.rooms_set = vec!["den".into(), "mine".into()];
+        });
+        assert!(split_homes(&on_b.view, &homes).is_empty());
+    }
+
+    #[test]
+    fn a_room_not_yet_published_by_this_node_is_not_judged() {
+        let t0 = Instant::now();
+        // b claimed den a moment ago (its heartbeat has not carried it yet) while a's claim
+        // is in the view: nothing to give up until both claims are seen.
+        let mut on_b = Cluster::new("b");
+        on_b.beat(t0, "a", "eu", |u| u.rooms_set = vec!["den".into()]);
+        on_b.beat(t0, "b", "us", |_| {});
+        let homes: BTreeSet<String> = ["den".to_string()].into();
+        assert!(split_homes(&on_b.view, &homes).is_empty());
+        // Nor when b is not in its own view at all.
+        let mut alone = Cluster::new("b");
+        alone.beat(t0, "a", "eu", |u| u.rooms_set = vec!["den".into()]);
+        assert!(split_homes(&alone.view, &homes).is_empty());
     }
 
     #[test]

@@ -38,6 +38,8 @@ struct Entry {
     kind: Kind,
     ranking: Vec<RegionRtt>,
     tx: mpsc::Sender<MoveOrder>,
+    /// Told where to go already (by a drain or a split home's hand-over).
+    told: bool,
 }
 
 /// The WebSocket sessions a drain can move.
@@ -80,6 +82,7 @@ impl Movers {
                 kind,
                 ranking: ranking.to_vec(),
                 tx,
+                told: false,
             },
         );
         (
@@ -109,9 +112,23 @@ impl Movers {
     }
 
     fn tell(&self, key: u64, order: MoveOrder) {
-        if let Some(e) = self.lock().get(&key) {
+        if let Some(e) = self.lock().get_mut(&key) {
+            e.told = true;
             let _ = e.tx.try_send(order);
         }
+    }
+
+    /// Tells each session of `room` not told yet to go where `order` says; how many were.
+    pub fn tell_room(&self, room: &str, order: &MoveOrder) -> usize {
+        let mut n = 0;
+        for e in self.lock().values_mut() {
+            if e.room == room && !e.told {
+                e.told = true;
+                let _ = e.tx.try_send(order.clone());
+                n += 1;
+            }
+        }
+        n
     }
 }
 

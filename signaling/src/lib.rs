@@ -14,6 +14,7 @@ mod drain;
 mod ice;
 mod pages;
 pub mod protocol;
+mod reconcile;
 mod state;
 pub mod token;
 mod whip;
@@ -71,6 +72,8 @@ pub async fn start(
         state.trunk = Some(handle);
     }
     state.ice.set_bound(turn.0, turn.1, turn.2);
+    // A room homed here and elsewhere after a directory outage moves to the winner.
+    reconcile::start(Arc::clone(&state.movers), Arc::clone(&dir));
     // A drain tells each WebSocket session where to go.
     let (movers, runtime) = (Arc::clone(&state.movers), tokio::runtime::Handle::current());
     let _ = on_drain.set(Box::new(move |deadline| {

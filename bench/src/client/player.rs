@@ -60,6 +60,8 @@ pub struct PlayerOptions {
 pub struct Progress {
     /// Legs started (1 + re-homes).
     pub legs: AtomicU64,
+    /// Legs that ended (failed, moved or done).
+    pub ended: AtomicU64,
     /// Frames in the current leg.
     pub leg_frames: AtomicU64,
     pub frames: AtomicU64,
@@ -241,6 +243,9 @@ pub async fn run(opts: PlayerOptions) -> PlayerReport {
             p.leg_frames.store(wired.leg.frames, Ordering::Relaxed);
         }
         let r = run_leg(&mut wired, &opts, &mut carry, &mut report, end, &failed).await;
+        if let Some(p) = &opts.progress {
+            p.ended.fetch_add(1, Ordering::Relaxed);
+        }
         let mut leg = wired.leg;
         leg.ended = match &r {
             Ok(LegEnd::Done) => "done".into(),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use meridian_geo::testing::RedisServer;
 
-use crate::shim::{self, delay::Path, Paths};
+use crate::shim::{self, delay::Path, Cut, Paths};
 use crate::turn::servers::TempDir;
 
 pub use crate::client::signal::{mint, API_KEY, API_SECRET};
@@ -52,6 +52,8 @@ pub struct Region {
     pub admin: Option<SocketAddr>,
     /// Where other nodes reach its trunk (the trunk shim), when there is one.
     pub trunk: Option<SocketAddr>,
+    /// The partition switch of its shims (clients' and trunk's).
+    pub cut: Cut,
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -221,6 +223,7 @@ impl Cluster {
             let config = dir.path().join(format!("{id}.toml"));
             let mut trunk_toml = String::new();
             let mut trunk_public = None;
+            let cut = Cut::default();
             if let (Some(ca), Some(delay)) = (&ca, spec.trunk_delay_ms) {
                 let shim_ip = IpAddr::V4(Ipv4Addr::new(127, 0, n, 3));
                 let port = free_port(node_ip, shim_ip)?;
@@ -245,7 +248,11 @@ impl Cluster {
                     SocketAddr::new(shim_ip, port),
                     SocketAddr::new(node_ip, port),
                 );
-                shim::start(&[(listen, target)], &[], Paths::symmetric(p))
+                let paths = Paths {
+                    cut: cut.clone(),
+                    ..Paths::symmetric(p)
+                };
+                shim::start(&[(listen, target)], &[], paths)
                     .await
                     .with_context(|| format!("the trunk shim of region {name}"))?;
                 trunk_public = Some(listen);
@@ -283,6 +290,7 @@ impl Cluster {
                     .collect();
                 let paths = Paths {
                     from,
+                    cut: cut.clone(),
                     ..Paths::default()
                 };
                 let map = |p: u16| (SocketAddr::new(public_ip, p), SocketAddr::new(node_ip, p));
@@ -301,6 +309,7 @@ impl Cluster {
                 sfu,
                 admin: None,
                 trunk: trunk_public,
+                cut,
                 config,
                 child: None,
                 pid: 0,
@@ -326,6 +335,27 @@ impl Cluster {
             .with_context(|| format!("node {} did not see all {want} regions", r.id))?;
         }
         Ok(c)
+    }
+
+    /// Cuts region `r` off: its shims (clients' and trunk's) forward nothing, and the other
+    /// regions' trunk shims nothing from it. The directory still reaches it (Redis is not
+    /// behind a shim), so it stays listed while nobody else can reach it.
+    pub fn partition(&self, r: usize) {
+        let from = self.regions[r].node_ip;
+        for (i, region) in self.regions.iter().enumerate() {
+            if i == r {
+                region.cut.cut_all();
+            } else {
+                region.cut.cut_from(from);
+            }
+        }
+    }
+
+    /// Ends every partition.
+    pub fn heal(&self) {
+        for region in &self.regions {
+            region.cut.heal();
+        }
     }
 
     /// The region serving `base` (a signaling URL, through the shim or not).

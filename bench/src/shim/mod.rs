@@ -14,7 +14,7 @@ pub mod delay;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,8 @@ const UDP_IDLE: Duration = Duration::from_secs(120);
 /// Most queued packets or chunks per direction; beyond it the newest is dropped (a full
 /// router queue).
 const QUEUE: usize = 8192;
+/// How often a held TCP direction looks whether its cut healed.
+const CUT_POLL: Duration = Duration::from_millis(10);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ShimArgs {
@@ -83,12 +85,72 @@ fn parse_from(s: &str) -> Result<(IpAddr, f64), String> {
     Ok((ip, ms))
 }
 
-/// The emulated paths of a shim: the default (up, down) pair and per-source overrides.
+/// The emulated paths of a shim: the default (up, down) pair and per-source overrides, and
+/// the switch that partitions it.
 #[derive(Debug, Clone, Default)]
 pub struct Paths {
     pub up: Path,
     pub down: Path,
     pub from: Vec<(IpAddr, Path, Path)>,
+    pub cut: Cut,
+}
+
+/// A partition switch, shared by the shims it is given to. While it cuts a client (every
+/// client, or those from some source addresses), what goes through a shim from or back to it
+/// is dropped (UDP) or held (TCP: the path stops forwarding, the connection stalls and its
+/// ends time out, as behind a broken link); healed, TCP resumes where it stopped.
+#[derive(Debug, Clone, Default)]
+pub struct Cut(Arc<CutState>);
+
+#[derive(Debug, Default)]
+struct CutState {
+    /// Fast path: false while nothing is cut.
+    on: AtomicBool,
+    all: AtomicBool,
+    sources: Mutex<Vec<IpAddr>>,
+}
+
+impl Cut {
+    /// Cuts every client.
+    pub fn cut_all(&self) {
+        self.0.all.store(true, Ordering::Relaxed);
+        self.0.on.store(true, Ordering::Release);
+    }
+
+    /// Cuts the clients from `src` (besides any already cut).
+    pub fn cut_from(&self, src: IpAddr) {
+        self.0
+            .sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(src);
+        self.0.on.store(true, Ordering::Release);
+    }
+
+    /// Nothing is cut any more.
+    pub fn heal(&self) {
+        self.0.on.store(false, Ordering::Release);
+        self.0.all.store(false, Ordering::Relaxed);
+        self.0
+            .sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Whether the client at `src` is cut off.
+    pub fn is_cut(&self, src: IpAddr) -> bool {
+        if !self.0.on.load(Ordering::Acquire) {
+            return false;
+        }
+        self.0.all.load(Ordering::Relaxed)
+            || self
+                .0
+                .sources
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&src)
+    }
 }
 
 impl Paths {
@@ -98,6 +160,7 @@ impl Paths {
             up: p,
             down: p,
             from: vec![],
+            cut: Cut::default(),
         }
     }
 
@@ -143,6 +206,7 @@ impl ShimArgs {
             up: p(up),
             down: p(down),
             from,
+            cut: Cut::default(),
         })
     }
 }
@@ -346,10 +410,12 @@ async fn udp_forward(listen: Arc<UdpSocket>, target: SocketAddr, paths: Arc<Path
                 })
             });
             let reg = Arc::clone(&clients);
+            let cut = paths.cut.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
                 loop {
                     match tokio::time::timeout(UDP_IDLE, upstream.recv(&mut buf)).await {
+                        Ok(Ok(_)) if cut.is_cut(from.ip()) => {}
                         Ok(Ok(n)) => down_send(buf[..n].to_vec()),
                         Ok(Err(_)) => continue, // ICMP unreachable from a closed port
                         Err(_) => {
@@ -372,7 +438,9 @@ async fn udp_forward(listen: Arc<UdpSocket>, target: SocketAddr, paths: Arc<Path
         }
         if let Some(c) = map.get_mut(&from) {
             c.seen = Instant::now();
-            (c.up)(data);
+            if !paths.cut.is_cut(from.ip()) {
+                (c.up)(data);
+            }
         }
     }
 }
@@ -384,6 +452,7 @@ async fn tcp_forward(listen: TcpListener, target: SocketAddr, paths: Arc<Paths>)
             continue;
         };
         let (up, down) = paths.for_source(peer.ip());
+        let cut = (paths.cut.clone(), peer.ip());
         tokio::spawn(async move {
             let Ok(node) = TcpStream::connect(target).await else {
                 return; // the client sees the connection close
@@ -392,17 +461,19 @@ async fn tcp_forward(listen: TcpListener, target: SocketAddr, paths: Arc<Paths>)
             let _ = node.set_nodelay(true);
             let (cr, cw) = client.into_split();
             let (nr, nw) = node.into_split();
-            tokio::spawn(pump(cr, nw, up));
-            tokio::spawn(pump(nr, cw, down));
+            tokio::spawn(pump(cr, nw, up, cut.clone()));
+            tokio::spawn(pump(nr, cw, down, cut));
         });
     }
 }
 
-/// Copies one direction of a TCP connection through a delay line; EOF is delayed too.
+/// Copies one direction of a TCP connection through a delay line; EOF is delayed too. While
+/// the client (`cut.1`) is cut off, nothing more is forwarded (nor read).
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     to: tokio::net::tcp::OwnedWriteHalf,
     path: Path,
+    cut: (Cut, IpAddr),
 ) {
     let to = Arc::new(tokio::sync::Mutex::new(to));
     let writer = Arc::clone(&to);
@@ -420,7 +491,12 @@ async fn pump(
     });
     let mut buf = vec![0u8; 16384];
     loop {
-        match from.read(&mut buf).await {
+        let read = from.read(&mut buf).await;
+        // What was read while cut (or before, but not yet forwarded) waits for the heal.
+        while cut.0.is_cut(cut.1) {
+            tokio::time::sleep(CUT_POLL).await;
+        }
+        match read {
             Ok(0) | Err(_) => {
                 send(Vec::new());
                 return;
@@ -473,6 +549,7 @@ mod tests {
             up: path(15),
             down: path(10),
             from: vec![],
+            cut: Cut::default(),
         };
         let running = start(&[(any, echo_addr)], &[(any, tcp_addr)], paths)
             .await
@@ -555,6 +632,7 @@ mod tests {
             up: path(1),
             down: path(1),
             from: vec![(far, path(60), path(60))],
+            cut: Cut::default(),
         };
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let running = start(&[(any, echo_addr)], &[], paths).await.unwrap();
@@ -575,6 +653,64 @@ mod tests {
         }
         assert!(rtts[0] < Duration::from_millis(100), "{rtts:?}");
         assert!(rtts[1] >= Duration::from_millis(120), "{rtts:?}");
+    }
+
+    #[tokio::test]
+    async fn a_cut_drops_udp_and_holds_tcp_until_it_heals() {
+        let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+                let _ = echo.send_to(&buf[..n], from).await;
+            }
+        });
+        let tcp_echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp_addr = tcp_echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = tcp_echo.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 256];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let paths = Paths::symmetric(path(0));
+        let cut = paths.cut.clone();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let running = start(&[(any, echo_addr)], &[(any, tcp_addr)], paths)
+            .await
+            .unwrap();
+        let u = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        u.connect(running.udp[0]).await.unwrap();
+        let mut t = TcpStream::connect(running.tcp[0]).await.unwrap();
+        let mut buf = [0u8; 64];
+        let echoed = async |u: &UdpSocket, buf: &mut [u8]| {
+            u.send(b"ping").await.unwrap();
+            tokio::time::timeout(Duration::from_millis(300), u.recv(buf))
+                .await
+                .is_ok()
+        };
+        assert!(echoed(&u, &mut buf).await, "through before the cut");
+        // Cut off another source only: this client still goes through.
+        cut.cut_from("127.0.0.9".parse().unwrap());
+        assert!(echoed(&u, &mut buf).await, "another source's cut");
+        cut.cut_all();
+        assert!(!echoed(&u, &mut buf).await, "UDP dropped while cut");
+        t.write_all(b"held").await.unwrap();
+        let held = tokio::time::timeout(Duration::from_millis(300), t.read(&mut buf)).await;
+        assert!(held.is_err(), "TCP held while cut: {held:?}");
+        cut.heal();
+        assert!(echoed(&u, &mut buf).await, "UDP through once healed");
+        let n = tokio::time::timeout(Duration::from_secs(2), t.read(&mut buf))
+            .await
+            .expect("TCP resumes once healed")
+            .unwrap();
+        assert_eq!(&buf[..n], b"held");
     }
 
     #[test]
