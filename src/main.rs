@@ -114,8 +114,9 @@ enum Bench {
     /// packet. See bench/README.md.
     Cascade(Box<meridian_bench::cascade::CascadeArgs>),
     /// Failover drills on a 3-region cluster behind delay shims: D devices streaming, P
-    /// re-homing players watching and sending controls; `kill` (SIGKILL of the players' node)
-    /// and `directory` (Redis stopped for N s), K times each; reports detection time, the
+    /// re-homing players watching and sending controls; `kill` (SIGKILL of the players' node),
+    /// `drain` (SIGTERM), `partition` (the shims cut the node off) and `directory` (Redis
+    /// stopped for N s), K times each; reports detection time, the
     /// media gap per session (p50/p99/max), sessions recovered, acknowledged controls lost and
     /// duplicated, time to steady state, and (--plot) an SVG of the gaps. See bench/README.md.
     Failover(Box<meridian_bench::failover::FailoverArgs>),
